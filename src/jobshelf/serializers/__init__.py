@@ -1,0 +1,8 @@
+"""The serializers that ship with jobshelf, one module per format."""
+
+from __future__ import annotations
+
+from .cloudpickle import CloudPickleSerializer
+from .pickle import PickleSerializer
+
+__all__ = ["CloudPickleSerializer", "MsgpackStateSerializer", "PickleSerializer"]

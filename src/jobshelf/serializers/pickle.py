@@ -1,0 +1,58 @@
+"""``pickle``: byte-compatible with APScheduler's stock ``MongoDBJobStore``."""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any
+
+from .._exceptions import DeserializationError, SerializationError
+
+__all__ = ["PickleSerializer"]
+
+
+class PickleSerializer:
+    """Pickles the job state exactly as the stock store does.
+
+    ``dumps(state)`` is ``pickle.dumps(state, protocol)``, byte for byte, so documents written
+    with it are read by APScheduler's own ``MongoDBJobStore`` and the other way round.
+
+    :param protocol: pickle protocol (default: :data:`pickle.HIGHEST_PROTOCOL`, as the stock store)
+    """
+
+    format_name = "pickle"
+    pickle_family = True
+    stores_callables_by_value = False
+
+    def __init__(self, protocol: int = pickle.HIGHEST_PROTOCOL) -> None:
+        if not isinstance(protocol, int) or not 0 <= protocol <= pickle.HIGHEST_PROTOCOL:
+            raise ValueError(
+                f"pickle protocol must be an int from 0 to {pickle.HIGHEST_PROTOCOL}, "
+                f"got {protocol!r}"
+            )
+        self.protocol = protocol
+
+    def dumps(self, state: dict[str, Any], /) -> bytes:
+        """Pickle ``state`` at the configured protocol."""
+        try:
+            return pickle.dumps(state, self.protocol)
+        except Exception as exc:
+            raise SerializationError(
+                f"{self.format_name} cannot encode the job state: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    def loads(self, data: bytes, /) -> dict[str, Any]:
+        """Unpickle ``data`` (any protocol; stock documents included)."""
+        try:
+            state = pickle.loads(data)
+        except Exception as exc:
+            raise DeserializationError(
+                f"{self.format_name} cannot decode the job state: {type(exc).__name__}: {exc}"
+            ) from exc
+        if not isinstance(state, dict):
+            raise DeserializationError(
+                f"{self.format_name} data holds {type(state).__name__}, expected a job state dict"
+            )
+        return state
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(protocol={self.protocol})"
