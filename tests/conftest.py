@@ -28,7 +28,7 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.ge
 
 UTC = dt.timezone.utc
 #: Every serializer the store tests run on; later formats plug in here.
-SERIALIZERS = ["pickle", "cloudpickle"]
+SERIALIZERS = ["pickle", "cloudpickle", "msgpack"]
 
 
 @pytest.fixture(scope="session")

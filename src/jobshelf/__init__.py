@@ -25,7 +25,8 @@ from ._serializer import (
     resolve_serializer,
 )
 from .mongodb import MongoDBJobStore
-from .serializers import CloudPickleSerializer, PickleSerializer
+from .serializers import CloudPickleSerializer, MsgpackStateSerializer, PickleSerializer
+from .serializers._marshal import StateMarshaller, TriggerCodec, register_trigger
 
 __version__ = "0.1.0"
 
@@ -35,6 +36,10 @@ __all__ = [
     "JobshelfError",
     "MissingDependencyError",
     "MongoDBJobStore",
+    "MsgpackStateSerializer",
+    "StateMarshaller",
+    "TriggerCodec",
+    "register_trigger",
     "PickleSerializer",
     "SerializationError",
     "Serializer",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .cloudpickle import CloudPickleSerializer
+from .msgpack import MsgpackStateSerializer
 from .pickle import PickleSerializer
 
 __all__ = ["CloudPickleSerializer", "MsgpackStateSerializer", "PickleSerializer"]
