@@ -60,6 +60,4 @@ def assert_same_job(expected: Job, actual: Job | None) -> None:
     difference = state_difference(expected.__getstate__(), actual.__getstate__())
     assert difference is None, difference
     now = expected.next_run_time or dt.datetime(2030, 1, 1, tzinfo=UTC)
-    assert expected.trigger.get_next_fire_time(None, now) == actual.trigger.get_next_fire_time(
-        None, now
-    )
+    assert expected.trigger.get_next_fire_time(None, now) == actual.trigger.get_next_fire_time(None, now)

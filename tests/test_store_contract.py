@@ -186,7 +186,7 @@ SHARED_CLIENT: Any = None
 
 
 def test_client_may_be_a_module_reference(mongo_client: MongoClient[Any], database: str) -> None:
-    global SHARED_CLIENT
+    global SHARED_CLIENT  # noqa: PLW0603 - the reference must name a module attribute
     SHARED_CLIENT = mongo_client
     store = MongoDBJobStore(database=database, client=f"{__name__}:SHARED_CLIENT")
     assert store.client is mongo_client
@@ -223,8 +223,14 @@ def test_plugin_alias_in_dict_configuration(mongodb_uri: str, database: str) -> 
     try:
         store = scheduler._lookup_jobstore("default")
         assert type(store) is MongoDBJobStore
-        scheduler.add_job(_set_event, "interval", seconds=3600, id="tick",
-                          next_run_time=dt.datetime.now(UTC), args=[f"{__name__}:EVENTS", "tick"])
+        scheduler.add_job(
+            _set_event,
+            "interval",
+            seconds=3600,
+            id="tick",
+            next_run_time=dt.datetime.now(UTC),
+            args=[f"{__name__}:EVENTS", "tick"],
+        )
         EVENTS["tick"] = ran
         assert ran.wait(20), "the job stored through the plugin alias did not run"
         document = store.collection.find_one({"_id": "tick"})

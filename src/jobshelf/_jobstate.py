@@ -78,8 +78,7 @@ def state_to_job(state: dict[str, Any], scheduler: Any = None, alias: str | None
             job.func_ref = None
     except Exception as exc:
         raise DeserializationError(
-            f"job {state.get('id')!r}: cannot rebuild the job from its state: "
-            f"{type(exc).__name__}: {exc}"
+            f"job {state.get('id')!r}: cannot rebuild the job from its state: {type(exc).__name__}: {exc}"
         ) from exc
     job._scheduler = scheduler
     job._jobstore_alias = alias

@@ -38,6 +38,12 @@ __all__ = [
 
 logger = logging.getLogger("jobshelf")
 
+#: The keys every job state has (``Job.__getstate__``); a decoded dict without them is not one.
+_STATE_KEYS = frozenset(
+    ("version", "id", "func", "trigger", "executor", "args", "kwargs", "name",
+     "misfire_grace_time", "coalesce", "max_instances", "next_run_time")
+)  # fmt: skip
+
 #: Entry point group under which installed packages register serializers by name.
 ENTRY_POINT_GROUP = "jobshelf.serializers"
 
@@ -116,8 +122,7 @@ def dump_state(serializer: Serializer, state: dict[str, Any]) -> bytes:
         raise
     except Exception as exc:
         raise SerializationError(
-            f"{format_name(serializer)} could not encode the job state: "
-            f"{type(exc).__name__}: {exc}"
+            f"{format_name(serializer)} could not encode the job state: {type(exc).__name__}: {exc}"
         ) from exc
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise SerializationError(
@@ -134,12 +139,16 @@ def load_state(serializer: Serializer, data: bytes) -> dict[str, Any]:
         raise
     except Exception as exc:
         raise DeserializationError(
-            f"{format_name(serializer)} could not decode the job state: "
-            f"{type(exc).__name__}: {exc}"
+            f"{format_name(serializer)} could not decode the job state: {type(exc).__name__}: {exc}"
         ) from exc
     if not isinstance(state, dict):
         raise DeserializationError(
             f"{format_name(serializer)}.loads() returned {type(state).__name__}, expected a dict"
+        )
+    if not state.keys() >= _STATE_KEYS:
+        missing = sorted(_STATE_KEYS - state.keys())
+        raise DeserializationError(
+            f"{format_name(serializer)} decoded a dict that is not a job state (missing {missing})"
         )
     return state
 
@@ -179,9 +188,7 @@ def resolve_serializer(
     :raises SerializerConfigError: the spec is unknown, malformed, or fails its self-check
     """
     serializer = _instantiate(spec, pickle_protocol)
-    if not callable(getattr(serializer, "dumps", None)) or not callable(
-        getattr(serializer, "loads", None)
-    ):
+    if not callable(getattr(serializer, "dumps", None)) or not callable(getattr(serializer, "loads", None)):
         raise SerializerConfigError(
             f"serializer {spec!r} has no callable dumps()/loads(); pass a name "
             f"({', '.join(sorted(available_serializers()))}), a 'module:attr' reference, or an "

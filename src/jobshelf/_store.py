@@ -51,8 +51,7 @@ class JobCodec:
         else:
             if isinstance(accept, (str, bytes)):
                 raise TypeError(
-                    f"accept must be a list of formats, got the string {accept!r}; "
-                    f"write accept=[{accept!r}]"
+                    f"accept must be a list of formats, got the string {accept!r}; write accept=[{accept!r}]"
                 )
             for spec in accept:
                 if isinstance(spec, str) and spec in self.decoders:
@@ -83,9 +82,7 @@ class JobCodec:
         except SerializationError as exc:
             raise SerializationError(f"job {job.id!r} cannot be stored: {exc}") from exc
 
-    def decode(
-        self, job_id: Any, fmt: str | None, data: bytes, scheduler: Any, alias: str | None
-    ) -> Job:
+    def decode(self, job_id: Any, fmt: str | None, data: bytes, scheduler: Any, alias: str | None) -> Job:
         """Decode a stored job with the serializer of its format and attach it to the scheduler.
 
         :raises DeserializationError: naming the job id and format
@@ -116,9 +113,7 @@ def quarantine_record(fmt: str | None, exc: BaseException, **extra: Any) -> dict
     }
 
 
-def unaccepted_formats_error(
-    where: str, counts: Mapping[str, int], codec: JobCodec
-) -> UnacceptedFormatError:
+def unaccepted_formats_error(where: str, counts: Mapping[str, int], codec: JobCodec) -> UnacceptedFormatError:
     """The error a store raises at start when it holds jobs in formats it does not accept."""
     listing = ", ".join(f"{fmt!r} ({n} job{'s' if n != 1 else ''})" for fmt, n in counts.items())
     accepted = sorted(codec.accepted_formats | set(counts))

@@ -260,7 +260,7 @@ class MongoDBJobStore(BaseJobStore):  # type: ignore[misc]
 
 
 def _format_filter(accepted: frozenset[str]) -> dict[str, Any]:
-    formats: list[str | None] = sorted(accepted)
+    formats: list[str | None] = [*sorted(accepted)]
     if UNTAGGED_FORMAT in accepted:
         formats.append(None)  # untagged stock documents
     return {FORMAT_FIELD: {"$in": formats}}

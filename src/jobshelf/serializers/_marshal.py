@@ -28,7 +28,7 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from .._exceptions import DeserializationError, SerializationError, UnsupportedValueError
+from .._exceptions import DeserializationError, UnsupportedValueError
 
 try:  # pytz is optional: imported here, once, never while decoding
     import pytz
@@ -75,25 +75,28 @@ def _reduce_datetime(value: dt.datetime) -> tuple[str, Any]:
 
 
 def _construct_datetime(payload: list[Any]) -> dt.datetime:
-    *fields, fold, tz = payload
-    return dt.datetime(*fields, tzinfo=tz, fold=fold)
+    year, month, day, hour, minute, second, microsecond, fold, tz = payload
+    return dt.datetime(year, month, day, hour, minute, second, microsecond, tz, fold=fold)
 
 
 def _reduce_time(value: dt.time) -> tuple[str, Any]:
-    return "time", [
-        value.hour, value.minute, value.second, value.microsecond, value.fold, value.tzinfo
-    ]
+    return "time", [value.hour, value.minute, value.second, value.microsecond, value.fold, value.tzinfo]
 
 
 def _construct_time(payload: list[Any]) -> dt.time:
-    *fields, fold, tz = payload
-    return dt.time(*fields, tzinfo=tz, fold=fold)
+    hour, minute, second, microsecond, fold, tz = payload
+    return dt.time(hour, minute, second, microsecond, tz, fold=fold)
 
 
 def _reduce_fixed_offset(value: dt.timezone) -> tuple[str, Any]:
-    args = value.__getinitargs__()  # (offset,) or (offset, name): keeps an explicit name
+    args = fixed_offset_args(value)
     offset = args[0] // _MICROSECOND
     return "timezone", [offset] if len(args) == 1 else [offset, args[1]]
+
+
+def fixed_offset_args(value: dt.timezone) -> tuple[Any, ...]:
+    """``(offset,)`` or ``(offset, name)``: a :class:`datetime.timezone` with its explicit name."""
+    return value.__getinitargs__()  # type: ignore[attr-defined,no-any-return]
 
 
 def _construct_fixed_offset(payload: list[Any]) -> dt.timezone:
@@ -132,9 +135,8 @@ def _construct_pytz(payload: list[Any]) -> dt.tzinfo:
         raise DeserializationError(
             "this job holds a pytz time zone but pytz is not installed: pip install pytz"
         )
-    if payload[0] is None:
-        return pytz.FixedOffset(payload[1])
-    return pytz.tzinfo.unpickler(*payload)
+    zone: dt.tzinfo = pytz.FixedOffset(payload[1]) if payload[0] is None else pytz.tzinfo.unpickler(*payload)
+    return zone
 
 
 _REDUCERS: dict[type, Callable[[Any], tuple[str, Any]]] = {
@@ -171,7 +173,7 @@ _CONSTRUCTORS: dict[str, Callable[[Any], Any]] = {
 # ----------------------------------------------------------------------------- triggers
 
 
-def _setstate(cls: type, version: int, **state: Any) -> Any:
+def _setstate(cls: Any, version: int, **state: Any) -> Any:
     trigger = cls.__new__(cls)
     trigger.__setstate__({"version": version, **state})
     return trigger
@@ -216,7 +218,7 @@ def _calendar_from_state(payload: list[Any]) -> CalendarIntervalTrigger:
     )  # fmt: skip
 
 
-def _combining_from_state(cls: type) -> Callable[[Any], Any]:
+def _combining_from_state(cls: Any) -> Callable[[Any], Any]:
     def from_state(payload: list[Any]) -> Any:
         # APScheduler's __setstate__ would import each member's class by name: build directly.
         members, jitter = payload

@@ -56,4 +56,3 @@ class CloudPickleSerializer(PickleSerializer):
             raise SerializationError(
                 f"cloudpickle cannot encode the job state: {type(exc).__name__}: {exc}"
             ) from exc
-

@@ -1,4 +1,4 @@
-"""``msgpack``: job state as plain data (msgpack-state). Compact, fast, and decoding runs no code."""
+"""``msgpack``: job state as plain data (msgpack-state); compact, and decoding runs no code."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 import msgpack
 
 from .._exceptions import DeserializationError, SerializationError
-from ._marshal import StateMarshaller, TriggerCodec, default_marshaller
+from ._marshal import StateMarshaller, TriggerCodec, default_marshaller, fixed_offset_args
 
 __all__ = ["EXT_CODES", "STATE_KEYS", "MsgpackStateSerializer"]
 
@@ -52,7 +52,7 @@ _DATETIME_FIELDS = struct.Struct(">HBBBBBIB")
 def _zone_key(zone: dt.tzinfo) -> Any:
     # datetime.timezone hashes and compares by offset only: its name must be part of the key
     if type(zone) is dt.timezone:
-        return zone.__getinitargs__()
+        return fixed_offset_args(zone)
     return zone
 
 
@@ -124,9 +124,7 @@ class MsgpackStateSerializer:
             local.depth = 0
         depth: int = local.depth
         if depth == len(stack):
-            stack.append(
-                msgpack.Packer(default=self._default, strict_types=True, use_bin_type=True)
-            )
+            stack.append(msgpack.Packer(default=self._default, strict_types=True, use_bin_type=True))
         local.depth = depth + 1
         try:
             return stack[depth].pack(value)  # type: ignore[no-any-return]
@@ -207,4 +205,3 @@ class MsgpackStateSerializer:
 
     def __repr__(self) -> str:
         return "MsgpackStateSerializer()"
-

@@ -26,8 +26,7 @@ class PickleSerializer:
     def __init__(self, protocol: int = pickle.HIGHEST_PROTOCOL) -> None:
         if not isinstance(protocol, int) or not 0 <= protocol <= pickle.HIGHEST_PROTOCOL:
             raise ValueError(
-                f"pickle protocol must be an int from 0 to {pickle.HIGHEST_PROTOCOL}, "
-                f"got {protocol!r}"
+                f"pickle protocol must be an int from 0 to {pickle.HIGHEST_PROTOCOL}, got {protocol!r}"
             )
         self.protocol = protocol
 
