@@ -19,9 +19,7 @@ T0 = dt.datetime(2030, 1, 1, tzinfo=UTC)
 
 
 @pytest.fixture
-def make_store(
-    mongo_client: MongoClient[Any], database: str, scheduler: BackgroundScheduler
-) -> Any:
+def make_store(mongo_client: MongoClient[Any], database: str, scheduler: BackgroundScheduler) -> Any:
     def make(serializer: Any = None, start: bool = True, **options: Any) -> MongoDBJobStore:
         store = MongoDBJobStore(database=database, client=mongo_client, serializer=serializer, **options)
         if start:

@@ -19,7 +19,6 @@ from jobshelf import (
     format_name,
     resolve_serializer,
 )
-
 from jobshelf._serializer import is_pickle_family
 
 from . import custom_serializers
@@ -61,7 +60,9 @@ def test_pickle_protocol_reaches_the_default_serializer() -> None:
 
 
 def test_pickle_protocol_with_another_serializer_is_an_error() -> None:
-    with pytest.raises(SerializerConfigError, match=r"pickle_protocol=2 applies to the pickle serializer only"):
+    with pytest.raises(
+        SerializerConfigError, match=r"pickle_protocol=2 applies to the pickle serializer only"
+    ):
         resolve_serializer("msgpack", pickle_protocol=2)
     with pytest.raises(SerializerConfigError, match="drop pickle_protocol"):
         MongoDBJobStore(serializer="cloudpickle", pickle_protocol=2, connect=False)

@@ -56,7 +56,9 @@ def test_job_state_bytes_are_identical_to_the_stock_store(
     mongo_client: MongoClient[Any], database: str, scheduler: BackgroundScheduler, protocol: int
 ) -> None:
     stock = StockStore(database=database, collection="stock", client=mongo_client, pickle_protocol=protocol)
-    ours = MongoDBJobStore(database=database, collection="ours", client=mongo_client, pickle_protocol=protocol)
+    ours = MongoDBJobStore(
+        database=database, collection="ours", client=mongo_client, pickle_protocol=protocol
+    )
     for job in jobs(scheduler):
         stock.add_job(job)
         ours.add_job(job)

@@ -250,7 +250,8 @@ def _import_spec(spec: str) -> Any:
     return target
 
 
-def _sample_state() -> dict[str, Any]:
+def sample_state() -> dict[str, Any]:
+    """A small job state every serializer must round-trip: the self-check's sample."""
     from apscheduler.triggers.date import DateTrigger
 
     run_at = dt.datetime(2030, 1, 2, 3, 4, 5, 678901, tzinfo=dt.timezone.utc)
@@ -272,7 +273,7 @@ def _sample_state() -> dict[str, Any]:
 
 def _self_check(serializer: Any) -> None:
     name = format_name(serializer)
-    state = _sample_state()
+    state = sample_state()
     try:
         data = dump_state(serializer, state)
         restored = load_state(serializer, data)
@@ -280,7 +281,7 @@ def _self_check(serializer: Any) -> None:
         raise SerializerConfigError(
             f"serializer {name!r} failed its self-check on a sample job state: {exc}"
         ) from exc
-    difference = state_difference(_sample_state(), restored)
+    difference = state_difference(sample_state(), restored)
     if difference is not None:
         raise SerializerConfigError(
             f"serializer {name!r} failed its self-check: a sample job state did not survive "

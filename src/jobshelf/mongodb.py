@@ -158,7 +158,7 @@ class MongoDBJobStore(BaseJobStore):  # type: ignore[misc]
     def get_next_run_time(self) -> Any:
         """The earliest next run time of the scheduled jobs, or ``None``."""
         document = self.collection.find_one(
-            {"next_run_time": {"$ne": None}, **self._format_filter},
+            {"next_run_time": {"$exists": True, "$ne": None}, **self._format_filter},
             projection=["next_run_time"],
             sort=[("next_run_time", ASCENDING)],
         )
@@ -240,11 +240,15 @@ class MongoDBJobStore(BaseJobStore):  # type: ignore[misc]
         job_id = document["_id"]
         fmt = document.get(FORMAT_FIELD)
         record = quarantine_record(fmt, exc, next_run_time=document.get("next_run_time"))
+        update = {"$set": {QUARANTINE_FIELD: record}, "$unset": {"next_run_time": ""}}
         # Only the exact bytes that failed are quarantined: a concurrent update wins.
-        result = self.collection.update_one(
-            {"_id": job_id, "job_state": document["job_state"]},
-            {"$set": {QUARANTINE_FIELD: record}, "$unset": {"next_run_time": ""}},
-        )
+        result = self.collection.update_one({"_id": job_id, "job_state": document["job_state"]}, update)
+        if result.matched_count == 0:
+            # Some wire-protocol servers (NX-27017) cannot match binary values in update filters:
+            # compare here, then update by id.
+            current = self.collection.find_one({"_id": job_id}, ["job_state"])
+            if current is not None and current["job_state"] == document["job_state"]:
+                result = self.collection.update_one({"_id": job_id}, update)
         self._logger.warning(
             'Unable to restore job "%s" (%s) -- quarantined it, not removed: %s',
             job_id,

@@ -354,9 +354,13 @@ class StateMarshaller:
                 return
             yield path, value
             return
-        if value_type is list:
+        if value_type is list or value_type is tuple:
             for index, item in enumerate(value):
                 yield from self._walk(item, f"{path}[{index}]")
+            return
+        if value_type is set or value_type is frozenset:
+            for item in value:
+                yield from self._walk(item, f"{path}<item {item!r}>")
             return
         if value_type is dict:
             for key, item in value.items():

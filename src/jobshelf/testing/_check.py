@@ -17,7 +17,14 @@ from hypothesis.errors import HypothesisWarning
 
 from .._compare import state_difference
 from .._exceptions import DeserializationError, SerializationError
-from .._serializer import SerializerSpec, dump_state, format_name, load_state, resolve_serializer
+from .._serializer import (
+    SerializerSpec,
+    dump_state,
+    format_name,
+    load_state,
+    resolve_serializer,
+    sample_state,
+)
 from .strategies import ALL_CAPABILITIES, job_states
 
 __all__ = ["GARBAGE", "check_serializer", "fire_times", "state_roundtrip_problem"]
@@ -103,12 +110,12 @@ def check_serializer(
 ) -> None:
     """Prove that ``serializer`` loses nothing, with Hypothesis-generated job states.
 
-    Checks, in order: every generated state (all built-in triggers, pytz and zoneinfo zones,
-    aware datetimes in years 1..9999, paused jobs, nested arguments; narrowed to
-    ``capabilities``) survives ``dumps``/``loads`` exactly (types, values, trigger
-    ``__getstate__()``, next fire times); each value in ``unsupported`` (default: a
-    :class:`threading.Lock`) is refused with :class:`SerializationError` rather than stored
-    lossily; and each of :data:`GARBAGE` is refused with :class:`DeserializationError`.
+    Checks, in order: each value in ``unsupported`` (default: a :class:`threading.Lock`) is
+    refused with :class:`SerializationError` rather than stored lossily; each of :data:`GARBAGE`
+    is refused with :class:`DeserializationError`; and every generated state (all built-in
+    triggers, pytz and zoneinfo zones, aware datetimes in years 1..9999, paused jobs, nested
+    arguments; narrowed to ``capabilities``) survives ``dumps``/``loads`` exactly (types, values, trigger
+    ``__getstate__()``, next fire times).
 
     :param serializer: anything ``serializer=`` accepts (a name, class, instance, module...)
     :param capabilities: what the serializer supports (see ``strategies.ALL_CAPABILITIES``)
@@ -120,24 +127,8 @@ def check_serializer(
     name = format_name(resolved)
     overrides: dict[str, Any] = {} if max_examples is None else {"max_examples": max_examples}
 
-    # job states are large by design: their generation is slow, not the code under test
-    @hypothesis_settings(
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-        deadline=None,
-        **overrides,
-    )
-    @given(state=job_states(capabilities))
-    def round_trip(state: dict[str, Any]) -> None:
-        problem = state_roundtrip_problem(resolved, state)
-        if problem is not None:
-            raise AssertionError(problem)
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "Generating overly large repr", HypothesisWarning)
-        round_trip()
-
     for value in _unsupported_values() if unsupported is None else unsupported:
-        state = next(iter(_sample_states()))
+        state = sample_state()
         state["kwargs"] = {"value": value}
         try:
             data = dump_state(resolved, state)
@@ -158,8 +149,18 @@ def check_serializer(
             "DeserializationError"
         )
 
+    # job states are large by design: their generation is slow, not the code under test
+    @hypothesis_settings(
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+        deadline=None,
+        **overrides,
+    )
+    @given(state=job_states(capabilities))
+    def round_trip(state: dict[str, Any]) -> None:
+        problem = state_roundtrip_problem(resolved, state)
+        if problem is not None:
+            raise AssertionError(problem)
 
-def _sample_states() -> Iterable[dict[str, Any]]:
-    from .._serializer import _sample_state
-
-    yield _sample_state()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Generating overly large repr", HypothesisWarning)
+        round_trip()

@@ -74,9 +74,8 @@ def _pytz_zones() -> st.SearchStrategy[dt.tzinfo]:
 
 @functools.cache
 def _fixed_offsets() -> st.SearchStrategy[dt.timezone]:
-    offsets = st.timedeltas(
-        min_value=dt.timedelta(hours=-23, minutes=-59), max_value=dt.timedelta(hours=23, minutes=59)
-    )
+    # whole seconds, like every real zone (pytz's LMT offsets included)
+    offsets = st.integers(-86399, 86399).map(lambda seconds: dt.timedelta(seconds=seconds))
     names = st.none() | st.text(string.ascii_letters + "+-:", min_size=1, max_size=8)
     return st.builds(lambda o, n: dt.timezone(o) if n is None else dt.timezone(o, n), offsets, names)
 

@@ -1,0 +1,60 @@
+"""The contract, once more, on NX-27017: a second, independent wire-protocol server."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from pymongo import MongoClient
+
+from jobshelf.testing import servers
+
+from . import test_quarantine as quarantine
+from . import test_store_contract as contract
+
+pytestmark = pytest.mark.nx
+
+
+@pytest.fixture(scope="module")
+def nx_client() -> Iterator[MongoClient[Any]]:
+    try:
+        server = servers.nx_server()
+        uri = server.__enter__()
+    except (RuntimeError, OSError, FileNotFoundError) as exc:
+        pytest.skip(f"NX-27017 could not start here: {exc}")
+    client: MongoClient[Any] = MongoClient(uri)
+    try:
+        yield client
+    finally:
+        client.close()
+        server.__exit__(None, None, None)
+
+
+class TestContractOnNX(contract.TestContract):
+    @pytest.fixture
+    def mongo_client(self, nx_client: MongoClient[Any]) -> MongoClient[Any]:
+        return nx_client
+
+    @pytest.fixture(params=["pickle"])
+    def serializer(self, request: pytest.FixtureRequest) -> str:
+        return str(request.param)
+
+    def test_start_creates_sparse_next_run_time_index(self, store: Any) -> None:
+        """NX-27017 accepts ``sparse=True`` but does not report index options: check the key."""
+        indexes = store.collection.index_information()
+        assert [info for info in indexes.values() if info["key"] == [("next_run_time", 1)]], indexes
+
+
+@pytest.mark.parametrize("kind", ["garbage", "unresolvable"])
+def test_quarantine_on_nx(
+    nx_client: MongoClient[Any], database: str, scheduler: Any, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from jobshelf import MongoDBJobStore
+
+    store = MongoDBJobStore(database=database, client=nx_client)
+    store.start(scheduler, "default")
+    try:
+        quarantine.test_undecodable_job_is_quarantined_not_deleted(store, scheduler, kind, caplog)
+    finally:
+        nx_client.drop_database(database)
