@@ -20,6 +20,7 @@ from ._exceptions import (
 from ._jobstate import job_to_state, state_to_job
 from ._serializer import (
     Serializer,
+    SerializerSpec,
     available_serializers,
     format_name,
     resolve_serializer,
@@ -43,6 +44,7 @@ __all__ = [
     "PickleSerializer",
     "SerializationError",
     "Serializer",
+    "SerializerSpec",
     "SerializerConfigError",
     "UnacceptedFormatError",
     "UnsupportedValueError",

@@ -72,6 +72,8 @@ class Serializer(Protocol):
         ``loads`` reads stock pickle bytes, so untagged stock documents are accepted by default
     ``stores_callables_by_value`` (bool)
         the state may carry the callable itself (lambdas, closures, ``__main__`` functions)
+    ``text`` (bool)
+        the bytes are UTF-8 text; a store may keep them as a string that database tools show
     """
 
     def dumps(self, state: dict[str, Any], /) -> bytes:

@@ -44,6 +44,8 @@ class JobCodec:
         self.serializer = serializer
         self.format = format_name(serializer)
         self._by_value = stores_callables_by_value(serializer)
+        #: the serializer writes UTF-8 text (``text = True``): stores may keep it as a string
+        self.text = bool(getattr(serializer, "text", False))
         self.decoders: dict[str, Serializer] = {self.format: serializer}
         if accept is None:
             if is_pickle_family(serializer):

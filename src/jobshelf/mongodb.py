@@ -37,7 +37,8 @@ class MongoDBJobStore(BaseJobStore):  # type: ignore[misc]
 
     A drop-in replacement for :class:`apscheduler.jobstores.mongodb.MongoDBJobStore`: the same
     constructor, the same documents (``_id``, ``next_run_time`` as a float UTC timestamp or
-    ``None``, ``job_state`` as Binary) plus a ``job_state_format`` field, and the same contract.
+    ``None``, ``job_state`` as Binary — or a string for a text serializer such as JSON) plus a
+    ``job_state_format`` field, and the same contract.
     With the default pickle serializer ``job_state`` is byte-identical to the stock store's, so
     either store reads the other's documents. Any leftover keyword arguments go to
     :class:`pymongo.mongo_client.MongoClient`.
@@ -175,7 +176,7 @@ class MongoDBJobStore(BaseJobStore):  # type: ignore[misc]
         document = {
             "_id": job.id,
             "next_run_time": datetime_to_utc_timestamp(job.next_run_time),
-            "job_state": Binary(self._codec.encode(job)),
+            "job_state": self._encode(job),
             FORMAT_FIELD: self._codec.format,
         }
         try:
@@ -187,7 +188,7 @@ class MongoDBJobStore(BaseJobStore):  # type: ignore[misc]
         """Rewrite the job in the configured format. :raises JobLookupError: no such job."""
         changes = {
             "next_run_time": datetime_to_utc_timestamp(job.next_run_time),
-            "job_state": Binary(self._codec.encode(job)),
+            "job_state": self._encode(job),
             FORMAT_FIELD: self._codec.format,
         }
         result = self.collection.update_one(
@@ -211,6 +212,10 @@ class MongoDBJobStore(BaseJobStore):  # type: ignore[misc]
         if self._owns_client:
             self.client.close()
 
+    def _encode(self, job: Job) -> Any:
+        data = self._codec.encode(job)
+        return data.decode("utf-8") if self._codec.text else Binary(data)
+
     def _get_jobs(self, conditions: dict[str, Any]) -> list[Job]:
         cursor = self.collection.find(
             {**conditions, **self._format_filter},
@@ -222,12 +227,13 @@ class MongoDBJobStore(BaseJobStore):  # type: ignore[misc]
     def _reconstitute(self, documents: Iterable[dict[str, Any]]) -> list[Job]:
         jobs = []
         for document in documents:
+            data = document["job_state"]
             try:
                 jobs.append(
                     self._codec.decode(
                         document["_id"],
                         document.get(FORMAT_FIELD),
-                        document["job_state"],
+                        data.encode("utf-8") if isinstance(data, str) else data,
                         self._scheduler,
                         self._alias,
                     )
