@@ -1,0 +1,1 @@
+"""jobshelf benchmarks: ``python -m benchmarks`` (or ``make bench``); see ``--help``."""

@@ -1,0 +1,120 @@
+"""``python -m benchmarks``: serializer, store and scaling benchmarks, printed as one table."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from jobshelf import available_serializers
+from jobshelf.testing import servers
+
+from . import report, serializer_bench, store_bench
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="smoke run (about two minutes), every row")
+    parser.add_argument("--server", choices=["secantus", "nx"], default="secantus",
+                        help="embedded server to start (default: SecantusDB)")  # fmt: skip
+    parser.add_argument("--mongodb-uri", default=os.environ.get(servers.URI_ENV),
+                        help=f"use this server instead (default: ${servers.URI_ENV})")  # fmt: skip
+    parser.add_argument("--scale-100k", action="store_true", help="add N=100k to the scaling run")
+    parser.add_argument("--only", choices=["serializers", "store", "scaling"], action="append",
+                        help="run only these parts (repeatable)")  # fmt: skip
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--rounds", type=int, help="rounds per measurement")
+    return parser.parse_args(argv)
+
+
+@contextlib.contextmanager
+def server(args: argparse.Namespace) -> Iterator[tuple[str, str]]:
+    if args.mongodb_uri:
+        yield args.mongodb_uri, f"MongoDB at {args.mongodb_uri}"
+    elif args.server == "nx":
+        with servers.nx_server() as uri:
+            yield uri, f"NX-27017 {_version('nx-27017')} (subprocess, in-memory SQLite)"
+    else:
+        with servers.secantus_server() as uri:
+            yield uri, f"SecantusDB {_version('SecantusDB')} (embedded, WiredTiger)"
+
+
+def _version(name: str) -> str:
+    from importlib.metadata import version
+
+    return version(name)
+
+
+class Progress:
+    def __init__(self, total: int) -> None:
+        from tqdm import tqdm
+
+        self._bar = tqdm(total=total, file=sys.stderr, ncols=80, leave=False)
+
+    def __call__(self) -> None:
+        self._bar.update()
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    parts = set(args.only or ["serializers", "store", "scaling"])
+    rounds = args.rounds or (3 if args.quick else 9)
+    calls = 50 if args.quick else 300
+    store_jobs = 24 if args.quick else 60
+    sizes = [1000, 10000] + ([100000] if args.scale_100k else [])
+    serializers = [
+        name for name in available_serializers() if name in ("pickle", "cloudpickle", "msgpack", "json")
+    ]
+
+    with server(args) as (uri, server_name):
+        env = report.environment(server_name)
+        jobs_per_serializer_round = 12 * 2 * len(serializer_bench.contenders(None))
+        total = (
+            ("serializers" in parts) * rounds * jobs_per_serializer_round
+            + ("store" in parts) * rounds * (len(serializers) + 1)
+            + ("scaling" in parts) * rounds * len(sizes) * 2
+        )
+        progress = Progress(total)
+        results: dict[str, Any] = {"environment": env, "rounds": rounds}
+        summary = store = scaling = None
+        if "serializers" in parts:
+            raw = serializer_bench.run(rounds, calls, progress)
+            summary = serializer_bench.summarize(raw)
+            results["serializers"] = {"summary": summary, "raw": serializer_bench.to_json(raw)}
+        if "store" in parts:
+            store = store_bench.run_store(
+                uri, serializers, store_jobs, rounds, 5 if args.quick else 20, progress
+            )
+            results["store"] = store
+        if "scaling" in parts:
+            scaling = store_bench.run_scaling(uri, sizes, rounds, progress)
+            results["scaling"] = {
+                name: {str(size): v for size, v in per.items()} for name, per in scaling.items()
+            }
+        progress.close()
+
+    text, checks = report.render(env, summary or {}, store, scaling, rounds)
+    print(text)
+    args.out.mkdir(parents=True, exist_ok=True)
+    where = "uri" if args.mongodb_uri else args.server
+    suffix = f"quick-{where}" if args.quick else where
+    results["targets"] = [
+        {"target": label, "measured": value, "limit": limit} for label, value, limit in checks
+    ]
+    report.write_json(args.out / f"results-{suffix}.json", results)
+    (args.out / f"results-{suffix}.txt").write_text(text + "\n")
+    if summary:
+        report.plot(args.out / f"serializers-{suffix}.png", summary, env)
+    print(f"\nwrote {args.out}/results-{suffix}.json, .txt and serializers-{suffix}.png", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
