@@ -19,13 +19,24 @@ from . import report, serializer_bench, store_bench
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="smoke run (about two minutes), every row")
-    parser.add_argument("--server", choices=["secantus", "nx"], default="secantus",
-                        help="embedded server to start (default: SecantusDB)")  # fmt: skip
-    parser.add_argument("--mongodb-uri", default=os.environ.get(servers.URI_ENV),
-                        help=f"use this server instead (default: ${servers.URI_ENV})")  # fmt: skip
+    parser.add_argument(
+        "--server",
+        choices=["secantus", "nx"],
+        default="secantus",
+        help="embedded server to start (default: SecantusDB)",
+    )
+    parser.add_argument(
+        "--mongodb-uri",
+        default=os.environ.get(servers.URI_ENV),
+        help=f"use this server instead (default: ${servers.URI_ENV})",
+    )
     parser.add_argument("--scale-100k", action="store_true", help="add N=100k to the scaling run")
-    parser.add_argument("--only", choices=["serializers", "store", "scaling"], action="append",
-                        help="run only these parts (repeatable)")  # fmt: skip
+    parser.add_argument(
+        "--only",
+        choices=["serializers", "store", "scaling"],
+        action="append",
+        help="run only these parts (repeatable)",
+    )
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--rounds", type=int, help="rounds per measurement")
     return parser.parse_args(argv)
@@ -90,7 +101,12 @@ def main(argv: list[str] | None = None) -> int:
             results["serializers"] = {"summary": summary, "raw": serializer_bench.to_json(raw)}
         if "store" in parts:
             store = store_bench.run_store(
-                uri, serializers, store_jobs, rounds, 5 if args.quick else 20, progress
+                uri,
+                serializers=serializers,
+                jobs_count=store_jobs,
+                rounds=rounds,
+                query_calls=5 if args.quick else 20,
+                progress=progress,
             )
             results["store"] = store
         if "scaling" in parts:

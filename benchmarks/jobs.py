@@ -55,8 +55,17 @@ def make_jobs(scheduler: BackgroundScheduler | None = None) -> dict[str, Job]:
         for size, (args, kwargs) in (("small", SMALL_ARGS), ("large", LARGE_ARGS)):
             job_id = f"{kind}/{size}"
             jobs[job_id] = Job(
-                scheduler, id=job_id, func=task, trigger=trigger, executor="default", args=args,
-                kwargs=kwargs, name=job_id, misfire_grace_time=30, coalesce=True, max_instances=1,
+                scheduler,
+                id=job_id,
+                func=task,
+                trigger=trigger,
+                executor="default",
+                args=args,
+                kwargs=kwargs,
+                name=job_id,
+                misfire_grace_time=30,
+                coalesce=True,
+                max_instances=1,
                 next_run_time=START,
-            )  # fmt: skip
+            )
     return jobs

@@ -49,8 +49,13 @@ def environment(server: str) -> dict[str, str]:
     }
 
 
-def render(env: dict[str, str], summary: dict[str, Any], store: dict[str, dict[str, Sample]] | None,
-           scaling: dict[str, Any] | None, rounds: int) -> tuple[str, list[tuple[str, float, float]]]:  # fmt: skip
+def render(
+    env: dict[str, str],
+    summary: dict[str, Any],
+    store: dict[str, dict[str, Sample]] | None,
+    scaling: dict[str, Any] | None,
+    rounds: int,
+) -> tuple[str, list[tuple[str, float, float]]]:
     """The report as text, and the (target, measured, limit) rows."""
     lines = [
         "jobshelf benchmarks",
@@ -72,8 +77,11 @@ def render(env: dict[str, str], summary: dict[str, Any], store: dict[str, dict[s
     if store:
         names = list(store)
         operations = list(next(iter(store.values())))
-        lines += ["", "Store level: median ms per operation (ratio to the stock store), same server, interleaved",
-                  f"  {'operation':<18}" + "".join(f" {name:>22}" for name in names)]  # fmt: skip
+        lines += [
+            "",
+            "Store level: median ms per operation (ratio to the stock store), same server, interleaved",
+            f"  {'operation':<18}" + "".join(f" {name:>22}" for name in names),
+        ]
         for op in operations:
             base = store["stock"][op].median
             cells = "".join(
@@ -89,7 +97,8 @@ def render(env: dict[str, str], summary: dict[str, Any], store: dict[str, dict[s
         sizes = sorted(next(iter(scaling.values())))
         lines += [
             "",
-            f"Scaling on {env['server']}: median ms per call at N jobs; growth = N={sizes[-1]} / N={sizes[0]}",
+            f"Scaling on {env['server']}: median ms per call at N jobs;"
+            f" growth = N={sizes[-1]} / N={sizes[0]}",
         ]
         for name, per_size in scaling.items():
             for op in ("get_next_run_time", "get_due_jobs"):
@@ -125,8 +134,11 @@ def _serializer_lines(summary: dict[str, Any]) -> list[str]:
             + f" {row['bytes_avg']:7.0f} {row['bytes']:6.2f}x"
         )
     kinds = [group for group in next(iter(summary.values())) if group != "mix"]
-    lines += ["", "Per trigger kind: encode / decode / bytes ratio to stock",
-              f"  {'serializer':<14}" + "".join(f" {kind:>22}" for kind in kinds)]  # fmt: skip
+    lines += [
+        "",
+        "Per trigger kind: encode / decode / bytes ratio to stock",
+        f"  {'serializer':<14}" + "".join(f" {kind:>22}" for kind in kinds),
+    ]
     for name, groups in summary.items():
         cells = "".join(
             f" {groups[k]['encode']:5.2f}/{groups[k]['decode']:5.2f}/{groups[k]['bytes']:5.2f}".rjust(23)

@@ -60,8 +60,9 @@ def run(rounds: int, calls: int, progress: Callable[[], None]) -> dict[str, Any]
     jobs = make_jobs()
     scheduler = next(iter(jobs.values()))._scheduler
     codecs = contenders(scheduler)
-    encoded = {name: {job_id: encode(job) for job_id, job in jobs.items()}
-               for name, (encode, _) in codecs.items()}  # fmt: skip
+    encoded = {
+        name: {job_id: encode(job) for job_id, job in jobs.items()} for name, (encode, _) in codecs.items()
+    }
     results: dict[str, Any] = {name: {"encode": {}, "decode": {}, "bytes": {}} for name in codecs}
     for job_id, job in jobs.items():
 
@@ -113,9 +114,11 @@ def summarize(results: dict[str, Any]) -> dict[str, dict[str, dict[str, float]]]
 def to_json(results: dict[str, Any]) -> dict[str, Any]:
     return {
         name: {
-            metric: {job: (value.as_dict() if isinstance(value, Sample) else value)
-                     for job, value in per_job.items()}
+            metric: {
+                job: (value.as_dict() if isinstance(value, Sample) else value)
+                for job, value in per_job.items()
+            }
             for metric, per_job in data.items()
         }
         for name, data in results.items()
-    }  # fmt: skip
+    }

@@ -72,8 +72,15 @@ def _one_round(store: Any, jobs: list[Job], query_calls: int) -> dict[str, float
     return result
 
 
-def run_store(uri: str, serializers: list[str], jobs_count: int, rounds: int, query_calls: int,
-              progress: Callable[[], None]) -> dict[str, dict[str, Sample]]:  # fmt: skip
+def run_store(
+    uri: str,
+    *,
+    serializers: list[str],
+    jobs_count: int,
+    rounds: int,
+    query_calls: int,
+    progress: Callable[[], None],
+) -> dict[str, dict[str, Sample]]:
     """Every operation for every store, interleaved: each round visits the stores in turn."""
     client: MongoClient[Any] = MongoClient(uri)
     database = f"jobshelf_bench_{uuid.uuid4().hex[:8]}"
@@ -137,7 +144,7 @@ def run_scaling(uri: str, sizes: list[int], rounds: int, progress: Callable[[], 
                 lambda job: Binary(pickle.dumps(job.__getstate__(), pickle.HIGHEST_PROTOCOL)),
                 False,
             )
-            _fill(ours, jobs, lambda job: Binary(ours._codec.encode(job)), True)
+            _fill(ours, jobs, lambda job, codec=ours._codec: Binary(codec.encode(job)), True)
             for name, store in stores.items():
                 store.get_next_run_time()
                 store.get_due_jobs(now)
