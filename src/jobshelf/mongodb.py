@@ -30,6 +30,7 @@ FORMAT_FIELD = "job_state_format"
 QUARANTINE_FIELD = "quarantine"
 
 _SORT = [("next_run_time", ASCENDING), ("_id", ASCENDING)]
+_READ_PROJECTION = ["job_state", "next_run_time", FORMAT_FIELD, QUARANTINE_FIELD]
 
 
 class MongoDBJobStore(BaseJobStore):  # type: ignore[misc]
@@ -142,10 +143,7 @@ class MongoDBJobStore(BaseJobStore):  # type: ignore[misc]
 
     def lookup_job(self, job_id: str) -> Job | None:
         """Return the job, or ``None`` when there is none (or it is quarantined or unaccepted)."""
-        document = self.collection.find_one(
-            {"_id": job_id, QUARANTINE_FIELD: {"$exists": False}, **self._format_filter},
-            ["job_state", "next_run_time", FORMAT_FIELD],
-        )
+        document = self.collection.find_one(job_id, _READ_PROJECTION)
         if document is None:
             return None
         jobs = self._reconstitute([document])
@@ -158,16 +156,20 @@ class MongoDBJobStore(BaseJobStore):  # type: ignore[misc]
 
     def get_next_run_time(self) -> Any:
         """The earliest next run time of the scheduled jobs, or ``None``."""
-        document = self.collection.find_one(
-            {"next_run_time": {"$exists": True, "$ne": None}, **self._format_filter},
-            projection=["next_run_time"],
-            sort=[("next_run_time", ASCENDING)],
-        )
+        projection = ["next_run_time", FORMAT_FIELD]
+        sort = [("next_run_time", ASCENDING)]
+        # The stock store's query first; a filtered one only when the earliest job is not ours.
+        document = self.collection.find_one({"next_run_time": {"$ne": None}}, projection, sort=sort)
+        if document is not None and not (
+            document.get("next_run_time") is not None and self._codec.accepts(document.get(FORMAT_FIELD))
+        ):
+            conditions = {"next_run_time": {"$exists": True, "$ne": None}, **self._format_filter}
+            document = self.collection.find_one(conditions, projection, sort=sort)
         return utc_timestamp_to_datetime(document["next_run_time"]) if document else None
 
     def get_all_jobs(self) -> list[Job]:
         """Every scheduled job by next run time then id, paused jobs last."""
-        jobs = self._get_jobs({QUARANTINE_FIELD: {"$exists": False}})
+        jobs = self._get_jobs({})
         self._fix_paused_jobs_sorting(jobs)
         return jobs
 
@@ -217,16 +219,15 @@ class MongoDBJobStore(BaseJobStore):  # type: ignore[misc]
         return data.decode("utf-8") if self._codec.text else Binary(data)
 
     def _get_jobs(self, conditions: dict[str, Any]) -> list[Job]:
-        cursor = self.collection.find(
-            {**conditions, **self._format_filter},
-            ["_id", "job_state", "next_run_time", FORMAT_FIELD],
-            sort=_SORT,
-        )
-        return self._reconstitute(cursor)
+        return self._reconstitute(self.collection.find(conditions, _READ_PROJECTION, sort=_SORT))
 
     def _reconstitute(self, documents: Iterable[dict[str, Any]]) -> list[Job]:
         jobs = []
+        accepts = self._codec.accepts
         for document in documents:
+            # Quarantined jobs are out of the schedule; unaccepted formats belong to other stores.
+            if QUARANTINE_FIELD in document or not accepts(document.get(FORMAT_FIELD)):
+                continue
             data = document["job_state"]
             try:
                 jobs.append(
