@@ -8,19 +8,15 @@ reference, for lambdas, closures, partials, nested functions and functions defin
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from apscheduler.job import Job
+from apscheduler.util import ref_to_obj
 
 from ._exceptions import DeserializationError, SerializationError
 
-__all__ = ["job_to_state", "needs_by_value", "state_to_job"]
-
-_PLACEHOLDER_REF = "jobshelf._jobstate:_by_value_placeholder"
-
-
-def _by_value_placeholder() -> None:  # pragma: no cover - replaced right after __setstate__
-    """Stands in for a by-value callable while APScheduler's ``__setstate__`` runs."""
+__all__ = ["job_to_state", "needs_by_value", "resolve_reference", "state_to_job"]
 
 
 def needs_by_value(job: Job) -> bool:
@@ -60,22 +56,56 @@ def job_to_state(job: Job, *, by_value: bool = False, format_name: str = "pickle
     return state
 
 
+def resolve_reference(ref: str) -> Any:
+    """``apscheduler.util.ref_to_obj`` without its import machinery when the module is loaded.
+
+    The object is looked up anew on every call (so patched functions are seen), straight from
+    ``sys.modules``; anything else (a module not imported yet, a submodule) goes to ``ref_to_obj``.
+    """
+    module_name, colon, rest = ref.partition(":")
+    target = sys.modules.get(module_name) if colon else None
+    if target is not None:
+        try:
+            for name in rest.split("."):
+                target = getattr(target, name)
+        except AttributeError:
+            pass
+        else:
+            return target
+    return ref_to_obj(ref)
+
+
 def state_to_job(state: dict[str, Any], scheduler: Any = None, alias: str | None = None) -> Job:
     """Rebuild a :class:`~apscheduler.job.Job` from its state and attach it to a scheduler.
+
+    Equivalent to ``Job.__setstate__`` (version 1 states; newer ones get APScheduler's error),
+    plus by-value callables.
 
     :raises DeserializationError: the state is malformed or its callable cannot be resolved
     """
     job: Job = Job.__new__(Job)
-    func = state.get("func")
     try:
+        if state.get("version", 1) > 1:
+            job.__setstate__(state)  # raises APScheduler's own "only version 1" error
+        func = state["func"]
         if isinstance(func, str):
-            job.__setstate__(state)
-        else:
-            if not callable(func):
-                raise TypeError(f"func is {type(func).__name__}, expected a reference or callable")
-            job.__setstate__({**state, "func": _PLACEHOLDER_REF})
+            job.func = resolve_reference(func)
+            job.func_ref = func
+        elif callable(func):
             job.func = func
             job.func_ref = None
+        else:
+            raise TypeError(f"func is {type(func).__name__}, expected a reference or a callable")
+        job.id = state["id"]
+        job.trigger = state["trigger"]
+        job.executor = state["executor"]
+        job.args = state["args"]
+        job.kwargs = state["kwargs"]
+        job.name = state["name"]
+        job.misfire_grace_time = state["misfire_grace_time"]
+        job.coalesce = state["coalesce"]
+        job.max_instances = state["max_instances"]
+        job.next_run_time = state["next_run_time"]
     except Exception as exc:
         raise DeserializationError(
             f"job {state.get('id')!r}: cannot rebuild the job from its state: {type(exc).__name__}: {exc}"

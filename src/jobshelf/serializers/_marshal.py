@@ -180,9 +180,28 @@ def _setstate(cls: Any, version: int, **state: Any) -> Any:
 
 
 @functools.lru_cache(maxsize=4096)
-def _cron_field(name: str, expression: str, is_default: bool) -> Any:
+def _cron_fields(expressions: tuple[str, ...], defaults: int) -> tuple[Any, ...]:
     # Fields are never changed after they are compiled, so equal ones are shared between triggers.
-    return CronTrigger.FIELDS_MAP[name](name, expression, is_default)
+    return tuple(
+        CronTrigger.FIELDS_MAP[name](name, expression, bool(defaults >> index & 1))
+        for index, (name, expression) in enumerate(zip(CronTrigger.FIELD_NAMES, expressions))
+    )
+
+
+# id(field) -> (field, its expression): rendering a field (str(field)) is the costly part of
+# encoding a CronTrigger. The entry holds the field, so its id cannot be reused while cached.
+_EXPRESSIONS: dict[int, tuple[Any, str]] = {}
+
+
+def _cron_expression(field: Any) -> str:
+    entry = _EXPRESSIONS.get(id(field))
+    if entry is not None and entry[0] is field:
+        return entry[1]
+    if len(_EXPRESSIONS) >= 4096:
+        _EXPRESSIONS.clear()
+    expression = str(field)
+    _EXPRESSIONS[id(field)] = (field, expression)
+    return expression
 
 
 def _cron_to_state(trigger: CronTrigger) -> list[Any]:
@@ -190,19 +209,24 @@ def _cron_to_state(trigger: CronTrigger) -> list[Any]:
     if [field.name for field in fields] != list(CronTrigger.FIELD_NAMES):
         raise TypeError("CronTrigger fields are not in the standard order")
     defaults = sum(1 << index for index, field in enumerate(fields) if field.is_default)
-    expressions = [str(field) for field in fields]
-    return [trigger.timezone, trigger.start_date, trigger.end_date, expressions, defaults,
-            trigger.jitter]  # fmt: skip
+    expressions = [_cron_expression(field) for field in fields]
+    return [trigger.timezone, trigger.start_date, trigger.end_date, expressions, defaults, trigger.jitter]
 
 
 def _cron_from_state(payload: list[Any]) -> CronTrigger:
     timezone, start_date, end_date, expressions, defaults, jitter = payload
-    fields = [
-        _cron_field(name, expression, bool(defaults >> index & 1))
-        for index, (name, expression) in enumerate(zip(CronTrigger.FIELD_NAMES, expressions))
-    ]
-    return _setstate(CronTrigger, 2, timezone=timezone, start_date=start_date,
-                     end_date=end_date, fields=fields, jitter=jitter)  # fmt: skip
+    if len(expressions) != len(CronTrigger.FIELD_NAMES):
+        raise ValueError(f"a CronTrigger has {len(CronTrigger.FIELD_NAMES)} fields")
+    fields = list(_cron_fields(tuple(expressions), defaults))
+    return _setstate(
+        CronTrigger,
+        2,
+        timezone=timezone,
+        start_date=start_date,
+        end_date=end_date,
+        fields=fields,
+        jitter=jitter,
+    )
 
 
 def _calendar_to_state(trigger: CalendarIntervalTrigger) -> list[Any]:
