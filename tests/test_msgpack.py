@@ -120,6 +120,7 @@ TRIGGERS = {
         end_date=dt.datetime(2039, 1, 1), timezone=BERLIN, jitter=10,
     ),
     "cron weekday position": CronTrigger(day="2nd wed,last fri", hour=9, timezone="America/New_York"),
+    "cron 0-0/1 (str() loses it)": CronTrigger(day_of_week="0-0/1", minute="0-0/1", timezone=BERLIN),
     "crontab": CronTrigger.from_crontab("*/15 9-17 * * 1-5", timezone=UTC),
     "calendar": CalendarIntervalTrigger(
         years=1, months=2, weeks=1, days=3, hour=2, minute=30, second=15,
@@ -287,3 +288,13 @@ def test_garbage_raises_deserialization_error(msgpack_state: MsgpackStateSeriali
         from jobshelf._serializer import load_state
 
         load_state(msgpack_state, garbage)
+
+
+def test_cron_fields_are_compared_and_encoded_losslessly(msgpack_state: MsgpackStateSerializer) -> None:
+    lossy_text = CronTrigger(day_of_week="0-0/1", timezone=UTC)
+    reparsed = CronTrigger(day_of_week=str(lossy_text.fields[4]), timezone=UTC)
+    assert str(lossy_text.fields[4]) == str(reparsed.fields[4]) == "0/1"  # APScheduler's str() loses it
+    assert state_difference(lossy_text, reparsed) is not None
+    restored = round_trip(msgpack_state, base_state(trigger=lossy_text))["trigger"]
+    now = dt.datetime(2030, 1, 1, tzinfo=UTC)
+    assert fire_times(restored, now, 3) == fire_times(lossy_text, now, 3) != fire_times(reparsed, now, 3)

@@ -12,6 +12,8 @@ import decimal
 from collections import Counter
 from typing import Any
 
+from ._cron import field_expression
+
 __all__ = ["state_difference"]
 
 
@@ -53,8 +55,8 @@ def state_difference(expected: Any, actual: Any, path: str = "state") -> str | N
     if _is_trigger(expected):
         return state_difference(expected.__getstate__(), actual.__getstate__(), f"{path}<state>")
     if _is_cron_field(expected):
-        left = (expected.name, str(expected), expected.is_default)
-        right = (actual.name, str(actual), actual.is_default)
+        left = (expected.name, field_expression(expected), expected.is_default)
+        right = (actual.name, field_expression(actual), actual.is_default)
         return None if left == right else _plain(path, left, right)
     if callable(expected) and expected is not actual:
         left = (getattr(expected, "__module__", None), getattr(expected, "__qualname__", None))

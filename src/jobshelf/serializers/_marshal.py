@@ -28,6 +28,7 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from .._cron import field_expression
 from .._exceptions import DeserializationError, UnsupportedValueError
 
 try:  # pytz is optional: imported here, once, never while decoding
@@ -188,7 +189,7 @@ def _cron_fields(expressions: tuple[str, ...], defaults: int) -> tuple[Any, ...]
     )
 
 
-# id(field) -> (field, its expression): rendering a field (str(field)) is the costly part of
+# id(field) -> (field, its expression): rendering a field is the costly part of
 # encoding a CronTrigger. The entry holds the field, so its id cannot be reused while cached.
 _EXPRESSIONS: dict[int, tuple[Any, str]] = {}
 
@@ -199,7 +200,7 @@ def _cron_expression(field: Any) -> str:
         return entry[1]
     if len(_EXPRESSIONS) >= 4096:
         _EXPRESSIONS.clear()
-    expression = str(field)
+    expression = field_expression(field)
     _EXPRESSIONS[id(field)] = (field, expression)
     return expression
 
