@@ -86,7 +86,11 @@ def run(rounds: int, calls: int, progress: Callable[[], None]) -> dict[str, Any]
 def summarize(results: dict[str, Any]) -> dict[str, dict[str, dict[str, float]]]:
     """Ratios to stock per trigger kind and for the whole mix (sums over the jobs of a group)."""
     job_ids = list(results[STOCK]["bytes"])
-    groups: dict[str, list[str]] = {"mix": job_ids}
+    groups: dict[str, list[str]] = {
+        "mix": job_ids,
+        "mix-small": [j for j in job_ids if j.endswith("/small")],
+        "mix-large": [j for j in job_ids if j.endswith("/large")],
+    }
     for job_id in job_ids:
         groups.setdefault(job_id.split("/")[0], []).append(job_id)
     summary: dict[str, dict[str, dict[str, float]]] = {}
