@@ -170,17 +170,19 @@ def plot(path: Path, summary: dict[str, Any], env: dict[str, str]) -> None:
 
     names = list(summary)
     figure, axes = plt.subplots(1, 3, figsize=(15, 4.8))
+    width = 0.4
     for axis, metric, target in zip(axes, ("encode", "decode", "bytes"), (0.5, 0.5, 0.35)):
-        values = [summary[name]["mix"][metric] for name in names]
-        colors = ["#888888" if name == "stock" else "#3b7dd8" for name in names]
-        axis.bar(names, values, color=colors)
+        for offset, group, color in ((-width / 2, "mix", "#3b7dd8"), (width / 2, "mix-small", "#8fb8ef")):
+            values = [summary[name][group][metric] for name in names]
+            positions = [index + offset for index in range(len(names))]
+            axis.bar(positions, values, width=width, color=color, label=group)
+            for position, value in zip(positions, values):
+                axis.text(position, value, f"{value:.2f}", ha="center", va="bottom", fontsize=6)
+        axis.set_xticks(range(len(names)), names, rotation=40)
         axis.axhline(1.0, color="black", linewidth=0.8)
         axis.axhline(target, color="#d83b3b", linestyle="--", linewidth=1, label=f"msgpack target {target}x")
-        axis.set_title(f"{metric} (ratio to stock pickle, mix)")
-        axis.tick_params(axis="x", rotation=40)
-        for index, value in enumerate(values):
-            axis.text(index, value, f"{value:.2f}", ha="center", va="bottom", fontsize=8)
-        axis.legend(fontsize=8)
+        axis.set_title(f"{metric} (ratio to stock pickle)")
+        axis.legend(fontsize=7)
     figure.suptitle(f"jobshelf serializers - {env['machine']}, Python {env['python']}", fontsize=9)
     figure.tight_layout()
     figure.savefig(path, dpi=110)

@@ -57,19 +57,39 @@ def _timed(func: Callable[[], Any], calls: int = 1) -> float:
     return (time.perf_counter() - start) / calls
 
 
-def _one_round(store: Any, jobs: list[Job], query_calls: int) -> dict[str, float]:
-    store.remove_all_jobs()
+_PER_JOB: dict[str, Callable[[Any, Job], Any]] = {
+    "add_job": lambda store, job: store.add_job(job),
+    "update_job": lambda store, job: store.update_job(job),
+    "lookup_job": lambda store, job: store.lookup_job(job.id),
+}
+_QUERIES: dict[str, Callable[[Any, dt.datetime], Any]] = {
+    "get_due_jobs": lambda store, now: store.get_due_jobs(now),
+    "get_all_jobs": lambda store, now: store.get_all_jobs(),
+    "get_next_run_time": lambda store, now: store.get_next_run_time(),
+}
+
+
+def _one_round(
+    stores: dict[str, Any], order: list[str], jobs: list[Job], query_calls: int
+) -> dict[str, dict[str, float]]:
+    """Seconds per call of every operation for every store, alternating stores call by call."""
     now = START + dt.timedelta(minutes=DUE - 1)
-    result = {
-        "add_job": _timed(lambda: [store.add_job(job) for job in jobs]) / len(jobs),
-        "update_job": _timed(lambda: [store.update_job(job) for job in jobs]) / len(jobs),
-        "lookup_job": _timed(lambda: [store.lookup_job(job.id) for job in jobs]) / len(jobs),
-        "get_due_jobs": _timed(lambda: store.get_due_jobs(now), query_calls),
-        "get_all_jobs": _timed(store.get_all_jobs, query_calls),
-        "get_next_run_time": _timed(store.get_next_run_time, query_calls),
-    }
-    assert len(store.get_due_jobs(now)) == DUE
-    return result
+    totals = {name: dict.fromkeys(OPERATIONS, 0.0) for name in order}
+    for name in order:
+        stores[name].remove_all_jobs()
+    for op, per_job in _PER_JOB.items():
+        for job in jobs:
+            for name in order:
+                store = stores[name]
+                totals[name][op] += _timed(lambda f=per_job, s=store, j=job: f(s, j)) / len(jobs)
+    for op, query in _QUERIES.items():
+        for _ in range(query_calls):
+            for name in order:
+                store = stores[name]
+                totals[name][op] += _timed(lambda q=query, s=store: q(s, now)) / query_calls
+    for name in order:
+        assert len(stores[name].get_due_jobs(now)) == DUE
+    return totals
 
 
 def run_store(
@@ -81,7 +101,7 @@ def run_store(
     query_calls: int,
     progress: Callable[[], None],
 ) -> dict[str, dict[str, Sample]]:
-    """Every operation for every store, interleaved: each round visits the stores in turn."""
+    """Every operation for every store on the same server, alternating stores call by call."""
     client: MongoClient[Any] = MongoClient(uri)
     database = f"jobshelf_bench_{uuid.uuid4().hex[:8]}"
     scheduler = BackgroundScheduler(timezone=dt.timezone.utc)
@@ -91,14 +111,14 @@ def run_store(
             store.start(scheduler, alias)
         jobs = workload(jobs_count, scheduler)
         names = list(stores)
-        for name in names:  # warm-up
-            _one_round(stores[name], jobs, 1)
+        _one_round(stores, names, jobs, 1)  # warm-up
         samples = {name: {op: Sample() for op in OPERATIONS} for name in names}
         for round_index in range(rounds):
             shift = round_index % len(names)
-            for name in names[shift:] + names[:shift]:
-                for op, seconds in _one_round(stores[name], jobs, query_calls).items():
+            for name, per_op in _one_round(stores, names[shift:] + names[:shift], jobs, query_calls).items():
+                for op, seconds in per_op.items():
                     samples[name][op].values.append(seconds)
+            for _ in names:
                 progress()
         return samples
     finally:
@@ -145,18 +165,24 @@ def run_scaling(uri: str, sizes: list[int], rounds: int, progress: Callable[[], 
                 False,
             )
             _fill(ours, jobs, lambda job, codec=ours._codec: Binary(codec.encode(job)), True)
-            for name, store in stores.items():
+            names = list(stores)
+            for store in stores.values():  # warm-up
                 store.get_next_run_time()
                 store.get_due_jobs(now)
-                next_sample, due_sample = Sample(), Sample()
-                for _ in range(rounds):
-                    next_sample.values.append(_timed(store.get_next_run_time))
-                    due_sample.values.append(_timed(lambda store=store: store.get_due_jobs(now)))
-                    progress()
-                results.setdefault(name, {})[size] = {
-                    "get_next_run_time": next_sample,
-                    "get_due_jobs": due_sample,
-                }
+            per_size = {name: {"get_next_run_time": Sample(), "get_due_jobs": Sample()} for name in names}
+            for round_index in range(rounds):
+                order = names[round_index % 2 :] + names[: round_index % 2]
+                for op, query in (
+                    ("get_next_run_time", _QUERIES["get_next_run_time"]),
+                    ("get_due_jobs", _QUERIES["get_due_jobs"]),
+                ):
+                    for name in order:
+                        store = stores[name]
+                        per_size[name][op].values.append(_timed(lambda q=query, s=store: q(s, now)))
+                progress()
+                progress()
+            for name in names:
+                results.setdefault(name, {})[size] = per_size[name]
             for store in stores.values():
                 store.collection.drop()
         return results
