@@ -52,20 +52,23 @@ def test_plain_modules_are_serializers(module: Any, expected_format: str) -> Non
     assert is_pickle_family(module)  # they read stock documents
 
 
-def test_pickle_protocol_reaches_the_default_serializer() -> None:
+def test_pickle_protocol_reaches_pickle_and_cloudpickle() -> None:
     serializer = resolve_serializer(None, pickle_protocol=2)
     assert isinstance(serializer, PickleSerializer)
     assert serializer.protocol == 2
     assert resolve_serializer("pickle", pickle_protocol=3).protocol == 3  # type: ignore[attr-defined]
+    assert resolve_serializer("cloudpickle", pickle_protocol=4).protocol == 4  # type: ignore[attr-defined]
+    store = MongoDBJobStore(serializer=CloudPickleSerializer, pickle_protocol=2, connect=False)
+    assert store.serializer.protocol == 2  # type: ignore[attr-defined]
 
 
 def test_pickle_protocol_with_another_serializer_is_an_error() -> None:
     with pytest.raises(
-        SerializerConfigError, match=r"pickle_protocol=2 applies to the pickle serializer only"
+        SerializerConfigError, match=r"pickle_protocol=2 applies to the pickle and cloudpickle"
     ):
         resolve_serializer("msgpack", pickle_protocol=2)
     with pytest.raises(SerializerConfigError, match="drop pickle_protocol"):
-        MongoDBJobStore(serializer="cloudpickle", pickle_protocol=2, connect=False)
+        MongoDBJobStore(serializer=MsgpackStateSerializer(), pickle_protocol=2, connect=False)
 
 
 def test_unknown_name_lists_the_available_ones() -> None:

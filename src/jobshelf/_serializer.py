@@ -183,9 +183,10 @@ def resolve_serializer(
     ``spec`` may be ``None`` (pickle), a registered name (``"pickle"``, ``"cloudpickle"``,
     ``"msgpack"`` or one from the ``jobshelf.serializers`` entry point group), a
     ``"module:attr"`` string, a class (instantiated without arguments), a module or any object with
-    ``dumps``/``loads``. ``pickle_protocol`` goes to the pickle serializer; it is an error with any
-    other. With ``check`` (the default) the result encodes and decodes a sample job state once,
-    so a serializer that returns ``str`` or loses data fails here, with the reason.
+    ``dumps``/``loads``. ``pickle_protocol`` goes to the pickle or cloudpickle serializer made from
+    a name or class; a non-default one is an error with any other spec. With ``check`` (the
+    default) the result encodes and decodes a sample job state once, so a serializer that returns
+    ``str`` or loses data fails here, with the reason.
 
     :raises SerializerConfigError: the spec is unknown, malformed, or fails its self-check
     """
@@ -202,15 +203,20 @@ def resolve_serializer(
 
 
 def _instantiate(spec: SerializerSpec, pickle_protocol: int | None) -> Any:
-    if spec is None or spec == "pickle":
-        from .serializers.pickle import PickleSerializer
+    from .serializers.pickle import PickleSerializer
 
-        protocol = pickle.HIGHEST_PROTOCOL if pickle_protocol is None else pickle_protocol
+    protocol = pickle.HIGHEST_PROTOCOL if pickle_protocol is None else pickle_protocol
+    if spec is None:
         return PickleSerializer(protocol)
+    if isinstance(spec, str) and spec in ("pickle", "cloudpickle"):
+        spec = _import_spec(spec)
+    if inspect.isclass(spec) and issubclass(spec, PickleSerializer):  # pickle and cloudpickle
+        return spec(protocol)
     if pickle_protocol is not None and pickle_protocol != pickle.HIGHEST_PROTOCOL:
         raise SerializerConfigError(
-            f"pickle_protocol={pickle_protocol} applies to the pickle serializer only, not to "
-            f"{spec!r}; drop pickle_protocol, or pass serializer=PickleSerializer(protocol) instead"
+            f"pickle_protocol={pickle_protocol} applies to the pickle and cloudpickle serializers "
+            f"only, not to {spec!r}; drop pickle_protocol, or configure the protocol on the "
+            "serializer instance you pass"
         )
     if isinstance(spec, str):
         return _instantiate(_import_spec(spec), None)
