@@ -113,10 +113,10 @@ def render(
                     (f"growth {sizes[0]} -> {sizes[-1]}: {name} {op}", growth, TARGETS["growth 1k -> 10k"])
                 )
 
-    lines += ["", "Targets", f"  {'target':<52} {'measured':>9} {'limit':>7}  verdict"]
+    lines += ["", "Targets", f"  {'target':<56} {'measured':>9} {'limit':>7}  verdict"]
     for label, measured, limit in checks:
         verdict = "met" if measured <= limit else "NOT MET"
-        lines.append(f"  {label:<52} {measured:8.2f}x {limit:6.2f}x  {verdict}")
+        lines.append(f"  {label:<56} {measured:8.3f}x {limit:6.2f}x  {verdict}")
     return "\n".join(lines), checks
 
 
