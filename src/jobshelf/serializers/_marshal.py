@@ -134,7 +134,7 @@ def _reduce_pytz(value: dt.tzinfo) -> tuple[str, Any]:
 def _construct_pytz(payload: list[Any]) -> dt.tzinfo:
     if pytz is None:
         raise DeserializationError(
-            "this job holds a pytz time zone but pytz is not installed: pip install pytz"
+            'this job holds a pytz time zone but pytz is not installed: pip install "jobshelf[pytz]"'
         )
     zone: dt.tzinfo = pytz.FixedOffset(payload[1]) if payload[0] is None else pytz.tzinfo.unpickler(*payload)
     return zone
