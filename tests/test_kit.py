@@ -31,3 +31,12 @@ def test_builtin_serializers_pass_the_kit(name: str) -> None:
 def test_kit_catches_lossy_serializers(serializer: object, expected: str) -> None:
     with pytest.raises(AssertionError, match=expected):
         check_serializer(serializer, max_examples=300)  # type: ignore[arg-type]
+
+
+def test_capabilities_narrow_what_is_generated() -> None:
+    """A serializer that cannot keep pytz zones passes once it declares so, and only then."""
+    from jobshelf.testing import ALL_CAPABILITIES
+
+    check_serializer(lossy.PytzToUtc(), capabilities=ALL_CAPABILITIES - {"pytz"}, max_examples=150)
+    with pytest.raises(AssertionError, match="lost data"):
+        check_serializer(lossy.PytzToUtc(), max_examples=300)
