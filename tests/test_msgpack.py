@@ -298,3 +298,11 @@ def test_cron_fields_are_compared_and_encoded_losslessly(msgpack_state: MsgpackS
     restored = round_trip(msgpack_state, base_state(trigger=lossy_text))["trigger"]
     now = dt.datetime(2030, 1, 1, tzinfo=UTC)
     assert fire_times(restored, now, 3) == fire_times(lossy_text, now, 3) != fire_times(reparsed, now, 3)
+
+
+def test_a_failed_encoding_leaves_no_residue(msgpack_state: MsgpackStateSerializer) -> None:
+    good = base_state(args=((1, (2, 3)),), kwargs={"when": dt.datetime(2030, 1, 1, tzinfo=BERLIN)})
+    expected = msgpack_state.dumps(good)
+    with socket.socket() as conn, pytest.raises(UnsupportedValueError):
+        msgpack_state.dumps(base_state(args=((1, (2, conn)),)))  # fails three packers deep
+    assert msgpack_state.dumps(good) == expected
