@@ -21,6 +21,7 @@ from apscheduler.triggers.combining import AndTrigger, OrTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
+from hypothesis import given
 
 from jobshelf import (
     DeserializationError,
@@ -34,7 +35,7 @@ from jobshelf import (
 )
 from jobshelf._compare import state_difference
 from jobshelf.serializers.msgpack import EXT_CODES, STATE_KEYS
-from jobshelf.testing import fire_times
+from jobshelf.testing import fire_times, triggers
 
 from .helpers import make_job
 
@@ -306,3 +307,32 @@ def test_a_failed_encoding_leaves_no_residue(msgpack_state: MsgpackStateSerializ
     with socket.socket() as conn, pytest.raises(UnsupportedValueError):
         msgpack_state.dumps(base_state(args=((1, (2, conn)),)))  # fails three packers deep
     assert msgpack_state.dumps(good) == expected
+
+
+@given(trigger=triggers())
+def test_rebuilt_triggers_have_every_slot_of_apschedulers_own_restore(trigger: BaseTrigger) -> None:
+    """msgpack-state rebuilds the hot triggers slot by slot; APScheduler's __setstate__ is the truth."""
+    restored = MsgpackStateSerializer().loads(MsgpackStateSerializer().dumps(base_state(trigger=trigger)))
+    _assert_same_slots(trigger, restored["trigger"])
+
+
+def _assert_same_slots(original: Any, restored: Any) -> None:
+    cls = type(original)
+    assert type(restored) is cls
+    reference = cls.__new__(cls)
+    reference.__setstate__(original.__getstate__())
+    declared = [getattr(klass, "__slots__", ()) for klass in cls.__mro__]
+    slots = [slot for names in declared for slot in ((names,) if isinstance(names, str) else names)]
+    assert slots, cls
+    for slot in slots:
+        expected, actual = getattr(reference, slot), getattr(restored, slot)
+        if slot == "triggers":
+            assert len(expected) == len(actual)
+            for member, restored_member in zip(original.triggers, actual):
+                _assert_same_slots(member, restored_member)
+        elif slot == "fields":
+            assert [(f.name, str(f), f.is_default) for f in expected] == [
+                (f.name, str(f), f.is_default) for f in actual
+            ]
+        else:
+            assert state_difference(expected, actual, slot) is None

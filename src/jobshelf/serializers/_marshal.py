@@ -27,6 +27,7 @@ from apscheduler.triggers.combining import AndTrigger, BaseCombiningTrigger, OrT
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
+from apscheduler.util import astimezone
 
 from .._cron import field_expression
 from .._exceptions import DeserializationError, UnsupportedValueError
@@ -219,15 +220,38 @@ def _cron_from_state(payload: list[Any]) -> CronTrigger:
     if len(expressions) != len(CronTrigger.FIELD_NAMES):
         raise ValueError(f"a CronTrigger has {len(CronTrigger.FIELD_NAMES)} fields")
     fields = list(_cron_fields(tuple(expressions), defaults))
-    return _setstate(
-        CronTrigger,
-        2,
-        timezone=timezone,
-        start_date=start_date,
-        end_date=end_date,
-        fields=fields,
-        jitter=jitter,
-    )
+    trigger = CronTrigger.__new__(CronTrigger)
+    trigger.timezone = astimezone(timezone)  # as CronTrigger.__setstate__ does
+    trigger.start_date = start_date
+    trigger.end_date = end_date
+    trigger.fields = fields
+    trigger.jitter = jitter
+    return trigger
+
+
+# The hot triggers are rebuilt slot by slot, as their __setstate__ does (DateTrigger v1,
+# IntervalTrigger v2, CronTrigger v2): building a state dict and calling __setstate__ costs more
+# than the rest of decoding them. tests/test_msgpack.py checks every slot against APScheduler's
+# own __setstate__.
+
+
+def _date_from_state(payload: list[Any]) -> DateTrigger:
+    (run_date,) = payload
+    trigger = DateTrigger.__new__(DateTrigger)
+    trigger.run_date = run_date
+    return trigger
+
+
+def _interval_from_state(payload: list[Any]) -> IntervalTrigger:
+    timezone, start_date, end_date, interval, jitter = payload
+    trigger = IntervalTrigger.__new__(IntervalTrigger)
+    trigger.timezone = timezone
+    trigger.start_date = start_date
+    trigger.end_date = end_date
+    trigger.interval = interval
+    trigger.interval_length = interval.total_seconds()
+    trigger.jitter = jitter
+    return trigger
 
 
 def _calendar_to_state(trigger: CalendarIntervalTrigger) -> list[Any]:
@@ -262,13 +286,11 @@ def _combining_to_state(trigger: BaseCombiningTrigger) -> list[Any]:
 
 
 _BUILTIN_TRIGGERS = (
-    TriggerCodec("date", DateTrigger, lambda t: [t.run_date],
-                 lambda p: _setstate(DateTrigger, 1, run_date=p[0])),
+    TriggerCodec("date", DateTrigger, lambda t: [t.run_date], _date_from_state),
     TriggerCodec("interval", IntervalTrigger,
                  lambda t: [t.__getstate__()[key] for key in
                             ("timezone", "start_date", "end_date", "interval", "jitter")],
-                 lambda p: _setstate(IntervalTrigger, 2, timezone=p[0], start_date=p[1],
-                                     end_date=p[2], interval=p[3], jitter=p[4])),
+                 _interval_from_state),
     TriggerCodec("cron", CronTrigger, _cron_to_state, _cron_from_state),
     TriggerCodec("calendarinterval", CalendarIntervalTrigger, _calendar_to_state,
                  _calendar_from_state),
