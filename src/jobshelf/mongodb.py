@@ -30,7 +30,9 @@ FORMAT_FIELD = "job_state_format"
 QUARANTINE_FIELD = "quarantine"
 
 _SORT = [("next_run_time", ASCENDING), ("_id", ASCENDING)]
-_READ_PROJECTION = ["job_state", "next_run_time", FORMAT_FIELD, QUARANTINE_FIELD]
+# What reads need (each projected field costs on some servers): next_run_time is re-read only
+# when a job has to be quarantined.
+_READ_PROJECTION = ["job_state", FORMAT_FIELD, QUARANTINE_FIELD]
 
 
 class MongoDBJobStore(BaseJobStore):  # type: ignore[misc]
@@ -246,7 +248,9 @@ class MongoDBJobStore(BaseJobStore):  # type: ignore[misc]
     def _quarantine(self, document: dict[str, Any], exc: Exception) -> None:
         job_id = document["_id"]
         fmt = document.get(FORMAT_FIELD)
-        record = quarantine_record(fmt, exc, next_run_time=document.get("next_run_time"))
+        stored = self.collection.find_one({"_id": job_id}, ["next_run_time"])
+        next_run_time = stored.get("next_run_time") if stored is not None else None
+        record = quarantine_record(fmt, exc, next_run_time=next_run_time)
         update = {"$set": {QUARANTINE_FIELD: record}, "$unset": {"next_run_time": ""}}
         # Only the exact bytes that failed are quarantined: a concurrent update wins.
         result = self.collection.update_one({"_id": job_id, "job_state": document["job_state"]}, update)
