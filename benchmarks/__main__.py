@@ -121,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     where = "uri" if args.mongodb_uri else args.server
     suffix = f"quick-{where}" if args.quick else where
+    if args.only:  # a partial run never overwrites a full run's files
+        suffix += "-only-" + "-".join(sorted(parts))
     results["targets"] = [
         {"target": label, "measured": value, "limit": limit} for label, value, limit in checks
     ]

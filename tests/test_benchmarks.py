@@ -41,7 +41,7 @@ def test_store_and_scaling_levels_run_on_the_server(mongodb_uri: str) -> None:
 def test_cli_writes_table_json_and_plot(mongodb_uri: str, tmp_path: Path, capsys: object) -> None:
     assert cli.main(["--quick", "--rounds", "1", "--only", "serializers", "--out", str(tmp_path),
                      "--mongodb-uri", mongodb_uri]) == 0  # fmt: skip
-    payload = json.loads((tmp_path / "results-quick-uri.json").read_text())
+    payload = json.loads((tmp_path / "results-quick-uri-only-serializers.json").read_text())
     assert payload["targets"][0]["target"] == "msgpack encode (mix)"
-    assert (tmp_path / "serializers-quick-uri.png").stat().st_size > 1000
-    assert "Targets" in (tmp_path / "results-quick-uri.txt").read_text()
+    assert (tmp_path / "serializers-quick-uri-only-serializers.png").stat().st_size > 1000
+    assert "Targets" in (tmp_path / "results-quick-uri-only-serializers.txt").read_text()
