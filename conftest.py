@@ -11,8 +11,8 @@ import pytest
 from apscheduler.schedulers.background import BackgroundScheduler
 from pymongo import MongoClient
 
-from jobshelf.testing import servers
-from jobshelf.testing.profiles import load_profile
+from tests import servers
+from jobshelf.testing import load_profile
 
 load_profile()
 

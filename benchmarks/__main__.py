@@ -10,8 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from tests import servers
+
 from jobshelf import available_serializers
-from jobshelf.testing import servers
 
 from . import report, serializer_bench, store_bench
 

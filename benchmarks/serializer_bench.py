@@ -8,8 +8,7 @@ from typing import Any
 
 from apscheduler.job import Job
 
-from jobshelf import available_serializers, resolve_serializer
-from jobshelf._store import JobCodec
+from jobshelf import available_serializers, job_to_state, resolve_serializer, state_to_job
 from jobshelf.serializers.pickle import PickleSerializer
 
 from .jobs import make_jobs
@@ -34,12 +33,15 @@ def _stock_codec(scheduler: Any) -> Codec:
 
 
 def _jobshelf_codec(serializer: Any, scheduler: Any) -> Codec:
-    codec = JobCodec(serializer)
+    by_value = bool(getattr(serializer, "stores_callables_by_value", False))
+
+    def encode(job: Job) -> bytes:
+        return bytes(serializer.dumps(job_to_state(job, by_value=by_value)))
 
     def decode(data: bytes) -> Job:
-        return codec.decode("job", codec.format, data, scheduler, "default")
+        return state_to_job(serializer.loads(data), scheduler, "default")
 
-    return codec.encode, decode
+    return encode, decode
 
 
 def contenders(scheduler: Any) -> dict[str, Codec]:

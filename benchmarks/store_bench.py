@@ -11,12 +11,9 @@ from typing import Any
 from apscheduler.job import Job
 from apscheduler.jobstores.mongodb import MongoDBJobStore as StockStore
 from apscheduler.schedulers.background import BackgroundScheduler
-from apscheduler.util import datetime_to_utc_timestamp
-from bson.binary import Binary
 from pymongo import MongoClient
 
 from jobshelf import MongoDBJobStore
-from jobshelf.mongodb import FORMAT_FIELD
 
 from .jobs import START, make_jobs
 from .timing import Sample
@@ -126,25 +123,14 @@ def run_store(
         client.close()
 
 
-def _fill(store: Any, jobs: list[Job], encode: Callable[[Job], Any], tagged: bool) -> None:
-    documents = []
+def _fill(store: Any, jobs: list[Job]) -> None:
+    """Through the store's own add_job, as an application writes."""
     for job in jobs:
-        document = {
-            "_id": job.id,
-            "next_run_time": datetime_to_utc_timestamp(job.next_run_time),
-            "job_state": encode(job),
-        }
-        if tagged:
-            document[FORMAT_FIELD] = store.format
-        documents.append(document)
-    for start in range(0, len(documents), 1000):
-        store.collection.insert_many(documents[start : start + 1000], ordered=False)
+        store.add_job(job)
 
 
 def run_scaling(uri: str, sizes: list[int], rounds: int, progress: Callable[[], None]) -> dict[str, Any]:
     """get_next_run_time and get_due_jobs(k fixed) at each collection size, stock and jobshelf."""
-    import pickle
-
     client: MongoClient[Any] = MongoClient(uri)
     database = f"jobshelf_scale_{uuid.uuid4().hex[:8]}"
     scheduler = BackgroundScheduler(timezone=dt.timezone.utc)
@@ -158,13 +144,8 @@ def run_scaling(uri: str, sizes: list[int], rounds: int, progress: Callable[[], 
                 store.collection.drop()
                 store.start(scheduler, alias)
             stock, ours = stores[STOCK], stores["jobshelf-pickle"]
-            _fill(
-                stock,
-                jobs,
-                lambda job: Binary(pickle.dumps(job.__getstate__(), pickle.HIGHEST_PROTOCOL)),
-                False,
-            )
-            _fill(ours, jobs, lambda job, codec=ours._codec: Binary(codec.encode(job)), True)
+            _fill(stock, jobs)
+            _fill(ours, jobs)
             names = list(stores)
             for store in stores.values():  # warm-up
                 store.get_next_run_time()

@@ -1,19 +1,23 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from apscheduler.schedulers.background import BackgroundScheduler
 from pymongo import MongoClient
 
-from jobshelf import MongoDBJobStore, available_serializers
+from jobshelf import MemoryJobStore, MemoryStorage, MongoDBJobStore, available_serializers
 
 #: Every serializer the store tests run on: the built-ins and the examples in serializers/
 #: (``make test`` installs them; a bare ``pytest`` without them runs the built-ins).
 SERIALIZERS = ["pickle", "cloudpickle", "msgpack"] + [
     name for name in ("json", "zlib+msgpack") if name in available_serializers()
 ]
+ADAPTERS = ["mongodb", "memory"]
+
+StoreCore = MongoDBJobStore | MemoryJobStore
+StoreFactory = Callable[..., StoreCore]
 
 
 @pytest.fixture(params=SERIALIZERS)
@@ -21,11 +25,33 @@ def serializer(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+@pytest.fixture(params=ADAPTERS)
+def adapter(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
-def store(
-    mongo_client: MongoClient[Any], database: str, serializer: str, scheduler: BackgroundScheduler
-) -> Iterator[MongoDBJobStore]:
-    jobstore = MongoDBJobStore(database=database, client=mongo_client, serializer=serializer)
+def make_store(adapter: str, mongo_client: MongoClient[Any], database: str) -> Iterator[StoreFactory]:
+    """Build stores of the adapter under test; every MongoDB one shares the test's collection."""
+    made: list[StoreCore] = []
+    storage = MemoryStorage()  # one "collection" for every memory store of the test
+
+    def factory(**options: Any) -> StoreCore:
+        store: StoreCore
+        if adapter == "memory":
+            store = MemoryJobStore(storage=storage, **options)
+        else:
+            store = MongoDBJobStore(database=database, client=mongo_client, **options)
+        made.append(store)
+        return store
+
+    yield factory
+    for store in made:
+        store.shutdown()
+
+
+@pytest.fixture
+def store(make_store: StoreFactory, serializer: str, scheduler: BackgroundScheduler) -> StoreCore:
+    jobstore = make_store(serializer=serializer)
     jobstore.start(scheduler, "default")
-    yield jobstore
-    jobstore.shutdown()
+    return jobstore

@@ -9,7 +9,7 @@ from apscheduler.job import Job
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.date import DateTrigger
 
-from jobshelf._compare import state_difference
+from jobshelf.testing import state_difference
 
 UTC = dt.timezone.utc
 CALLS: list[Any] = []
@@ -61,3 +61,39 @@ def assert_same_job(expected: Job, actual: Job | None) -> None:
     assert difference is None, difference
     now = expected.next_run_time or dt.datetime(2030, 1, 1, tzinfo=UTC)
     assert expected.trigger.get_next_fire_time(None, now) == actual.trigger.get_next_fire_time(None, now)
+
+
+# ----------------------------------------------------------------------------- raw documents
+# What another program (the stock store, an attacker, a corrupted write) leaves in the storage.
+
+
+def insert_document(store: Any, document: dict[str, Any]) -> None:
+    """Write a document as it is, behind the store's back, on either adapter."""
+    from bson.binary import Binary
+
+    from jobshelf import MongoDBJobStore
+
+    if isinstance(store, MongoDBJobStore):
+        stored = {key: Binary(value) if type(value) is bytes else value for key, value in document.items()}
+        store.collection.insert_one(stored)
+    else:
+        store.storage.insert(document)
+
+
+def find_document(store: Any, job_id: Any) -> dict[str, Any] | None:
+    """The stored document, as it is, on either adapter."""
+    from jobshelf import MongoDBJobStore
+
+    if isinstance(store, MongoDBJobStore):
+        document: dict[str, Any] | None = store.collection.find_one({"_id": job_id})
+        return document
+    return store.storage.find(job_id)  # type: ignore[no-any-return]
+
+
+def document_ids(store: Any) -> list[Any]:
+    """Every stored id, sorted, quarantined ones included."""
+    from jobshelf import MongoDBJobStore
+
+    if isinstance(store, MongoDBJobStore):
+        return sorted(document["_id"] for document in store.collection.find({}, ["_id"]))
+    return sorted(document["_id"] for document in store.storage.documents())

@@ -105,6 +105,6 @@ class DecodesGarbage(_Lossy):
         try:
             return dict(pickle.loads(data))
         except Exception:
-            from jobshelf._serializer import sample_state
+            from jobshelf.testing import sample_state
 
             return sample_state()

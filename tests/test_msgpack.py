@@ -33,9 +33,8 @@ from jobshelf import (
     register_trigger,
     state_to_job,
 )
-from jobshelf._compare import state_difference
 from jobshelf.serializers.msgpack import EXT_CODES, STATE_KEYS
-from jobshelf.testing import fire_times, triggers
+from jobshelf.testing import fire_times, state_difference, triggers
 
 from .helpers import make_job
 
@@ -286,7 +285,7 @@ def test_schema_is_readable_without_jobshelf(msgpack_state: MsgpackStateSerializ
 @pytest.mark.parametrize("garbage", [b"", b"\xc1", b"\x80", b"\xc7\x01\x63\x00", b"\x92\x01\x02"])
 def test_garbage_raises_deserialization_error(msgpack_state: MsgpackStateSerializer, garbage: bytes) -> None:
     with pytest.raises(DeserializationError):
-        from jobshelf._serializer import load_state
+        from jobshelf.testing import load_state
 
         load_state(msgpack_state, garbage)
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from pymongo import MongoClient
 
-from jobshelf.testing import servers
+from tests import servers
 
 from . import test_quarantine as quarantine
 from . import test_store_contract as contract
@@ -33,6 +33,10 @@ def nx_client() -> Iterator[MongoClient[Any]]:
 
 class TestContractOnNX(contract.TestContract):
     @pytest.fixture
+    def adapter(self) -> str:
+        return "mongodb"
+
+    @pytest.fixture
     def mongo_client(self, nx_client: MongoClient[Any]) -> MongoClient[Any]:
         return nx_client
 
@@ -40,10 +44,17 @@ class TestContractOnNX(contract.TestContract):
     def serializer(self, request: pytest.FixtureRequest) -> str:
         return str(request.param)
 
-    def test_start_creates_sparse_next_run_time_index(self, store: Any) -> None:
-        """NX-27017 accepts ``sparse=True`` but does not report index options: check the key."""
-        indexes = store.collection.index_information()
-        assert [info for info in indexes.values() if info["key"] == [("next_run_time", 1)]], indexes
+
+def test_start_creates_the_next_run_time_index_on_nx(
+    nx_client: MongoClient[Any], database: str, scheduler: Any
+) -> None:
+    """NX-27017 accepts ``sparse=True`` but does not report index options: check the key."""
+    from jobshelf import MongoDBJobStore
+
+    store = MongoDBJobStore(database=database, client=nx_client)
+    store.start(scheduler, "default")
+    indexes = store.collection.index_information()
+    assert [info for info in indexes.values() if info["key"] == [("next_run_time", 1)]], indexes
 
 
 @pytest.mark.parametrize("kind", ["garbage", "unresolvable"])

@@ -9,29 +9,23 @@ from typing import Any
 
 import pytest
 from apscheduler.schedulers.background import BackgroundScheduler
-from bson.binary import Binary
-from pymongo import MongoClient
 
-from jobshelf import MongoDBJobStore
 from jobshelf.mongodb import FORMAT_FIELD, QUARANTINE_FIELD
 
-from .helpers import UTC, make_job
+from .conftest import StoreCore
+from .helpers import UTC, document_ids, find_document, insert_document, make_job
 
 T0 = dt.datetime(2030, 1, 1, tzinfo=UTC)
 
 
-def insert_broken(store: MongoDBJobStore, job_id: str, data: bytes, when: dt.datetime = T0) -> None:
-    store.collection.insert_one(
-        {
-            "_id": job_id,
-            "next_run_time": when.timestamp(),
-            "job_state": Binary(data),
-            FORMAT_FIELD: store.format,
-        }
+def insert_broken(store: StoreCore, job_id: str, data: bytes, when: dt.datetime = T0) -> None:
+    insert_document(
+        store,
+        {"_id": job_id, "next_run_time": when.timestamp(), "job_state": data, FORMAT_FIELD: store.format},
     )
 
 
-def unresolvable_state(store: MongoDBJobStore, scheduler: BackgroundScheduler) -> bytes:
+def unresolvable_state(store: StoreCore, scheduler: BackgroundScheduler) -> bytes:
     """Valid bytes in the store's format whose callable no longer exists."""
     state = make_job(scheduler, "broken").__getstate__()
     state["func"] = "module_that_was_deleted:task"
@@ -40,7 +34,7 @@ def unresolvable_state(store: MongoDBJobStore, scheduler: BackgroundScheduler) -
 
 @pytest.mark.parametrize("kind", ["garbage", "unresolvable"])
 def test_undecodable_job_is_quarantined_not_deleted(
-    store: MongoDBJobStore,
+    store: StoreCore,
     scheduler: BackgroundScheduler,
     kind: str,
     caplog: pytest.LogCaptureFixture,
@@ -55,7 +49,7 @@ def test_undecodable_job_is_quarantined_not_deleted(
     assert any("broken" in record.getMessage() and "quarantined" in record.getMessage()
                for record in caplog.records)  # fmt: skip
 
-    document = store.collection.find_one({"_id": "broken"})
+    document = find_document(store, "broken")
     assert document is not None, "the broken job was deleted"
     assert document["job_state"] == data
     assert "next_run_time" not in document
@@ -63,7 +57,7 @@ def test_undecodable_job_is_quarantined_not_deleted(
     assert record["format"] == store.format
     assert record["next_run_time"] == T0.timestamp()
     assert "broken" in record["message"]
-    assert record["error_type"] == "jobshelf._exceptions.DeserializationError"
+    assert record["error_type"] == "jobshelf.DeserializationError"
     if kind == "unresolvable":
         assert "module_that_was_deleted" in record["message"]
     assert isinstance(record["at"], dt.datetime)
@@ -75,45 +69,42 @@ def test_undecodable_job_is_quarantined_not_deleted(
     assert store.get_due_jobs(T0 + dt.timedelta(days=1))[0].id == "good"
 
 
-def test_lookup_quarantines_too(store: MongoDBJobStore) -> None:
+def test_lookup_quarantines_too(store: StoreCore) -> None:
     insert_broken(store, "broken", b"garbage")
     assert store.lookup_job("broken") is None
-    assert QUARANTINE_FIELD in store.collection.find_one({"_id": "broken"})
+    assert QUARANTINE_FIELD in find_document(store, "broken")  # type: ignore[operator]
     assert store.get_next_run_time() is None
 
 
 def test_remove_all_keeps_quarantined_jobs_and_remove_job_deletes_them(
-    store: MongoDBJobStore, scheduler: BackgroundScheduler
+    store: StoreCore, scheduler: BackgroundScheduler
 ) -> None:
     store.add_job(make_job(scheduler, "good"))
     insert_broken(store, "broken", b"garbage")
     store.get_all_jobs()
     store.remove_all_jobs()
-    assert [doc["_id"] for doc in store.collection.find()] == ["broken"]
+    assert document_ids(store) == ["broken"]
     store.remove_job("broken")
-    assert store.collection.count_documents({}) == 0
+    assert document_ids(store) == []
 
 
-def test_replacing_a_quarantined_job_releases_it(
-    store: MongoDBJobStore, scheduler: BackgroundScheduler
-) -> None:
+def test_replacing_a_quarantined_job_releases_it(store: StoreCore, scheduler: BackgroundScheduler) -> None:
     insert_broken(store, "broken", b"garbage")
     store.get_all_jobs()
     scheduler.add_jobstore(store, "restore")
     replacement = make_job(scheduler, "broken", next_run_time=T0)
     store.update_job(replacement)  # what add_job(replace_existing=True) does after a conflict
-    document = store.collection.find_one({"_id": "broken"})
+    document = find_document(store, "broken")
+    assert document is not None
     assert QUARANTINE_FIELD not in document
     assert document["next_run_time"] == T0.timestamp()
     assert [job.id for job in store.get_due_jobs(T0)] == ["broken"]
 
 
-def test_stock_pickle_with_missing_class_is_kept(
-    mongo_client: MongoClient[Any], database: str, scheduler: BackgroundScheduler
-) -> None:
-    store = MongoDBJobStore(database=database, client=mongo_client)
+def test_stock_pickle_with_missing_class_is_kept(make_store: Any, scheduler: BackgroundScheduler) -> None:
+    store = make_store()
     store.start(scheduler, "default")
     data = pickle.dumps({"version": 1, "id": "x"}).replace(b"builtins", b"nomodule")
-    store.collection.insert_one({"_id": "x", "next_run_time": T0.timestamp(), "job_state": Binary(data)})
+    insert_document(store, {"_id": "x", "next_run_time": T0.timestamp(), "job_state": data})
     assert store.get_due_jobs(T0) == []
-    assert store.collection.find_one({"_id": "x"})[QUARANTINE_FIELD]["format"] == "pickle"
+    assert find_document(store, "x")[QUARANTINE_FIELD]["format"] == "pickle"  # type: ignore[index]

@@ -1,24 +1,21 @@
-"""APScheduler's job store contract, on a real wire-protocol server, for every serializer."""
+"""APScheduler's job store contract, for every serializer, on both adapters: MongoDB (a real
+wire-protocol server) and the in-process store. MongoDB-only behaviour is in test_mongodb.py."""
 
 from __future__ import annotations
 
 import datetime as dt
-import pickle
 import threading
-from typing import Any
 
 import pytest
 from apscheduler.jobstores.base import ConflictingIdError, JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
-from pymongo import MongoClient
-from pymongo.errors import InvalidOperation
 
-from jobshelf import MongoDBJobStore, SerializationError
-from jobshelf.mongodb import FORMAT_FIELD
+from jobshelf import SerializationError
 
-from .helpers import UTC, assert_same_job, dummy_job, make_job
+from .conftest import StoreCore
+from .helpers import UTC, assert_same_job, document_ids, dummy_job, make_job
 
 T0 = dt.datetime(2030, 1, 1, tzinfo=UTC)
 
@@ -29,7 +26,7 @@ def at(minutes: int) -> dt.datetime:
 
 class TestContract:
     def test_add_then_lookup_returns_an_equal_job(
-        self, store: MongoDBJobStore, scheduler: BackgroundScheduler
+        self, store: StoreCore, scheduler: BackgroundScheduler
     ) -> None:
         job = make_job(
             scheduler,
@@ -40,11 +37,11 @@ class TestContract:
         store.add_job(job)
         assert_same_job(job, store.lookup_job("job1"))
 
-    def test_lookup_of_missing_job_is_none(self, store: MongoDBJobStore) -> None:
+    def test_lookup_of_missing_job_is_none(self, store: StoreCore) -> None:
         assert store.lookup_job("nope") is None
 
     def test_duplicate_id_raises_conflict_and_keeps_the_first(
-        self, store: MongoDBJobStore, scheduler: BackgroundScheduler
+        self, store: StoreCore, scheduler: BackgroundScheduler
     ) -> None:
         first = make_job(scheduler, args=(1,))
         store.add_job(first)
@@ -53,7 +50,7 @@ class TestContract:
         assert_same_job(first, store.lookup_job("job1"))
 
     def test_update_rewrites_state_and_run_time(
-        self, store: MongoDBJobStore, scheduler: BackgroundScheduler
+        self, store: StoreCore, scheduler: BackgroundScheduler
     ) -> None:
         store.add_job(make_job(scheduler, next_run_time=at(5)))
         changed = make_job(scheduler, next_run_time=at(9), args=("changed",), name="renamed")
@@ -62,13 +59,13 @@ class TestContract:
         assert store.get_next_run_time() == at(9)
 
     def test_update_of_missing_job_raises_lookup_error(
-        self, store: MongoDBJobStore, scheduler: BackgroundScheduler
+        self, store: StoreCore, scheduler: BackgroundScheduler
     ) -> None:
         with pytest.raises(JobLookupError, match="nope"):
             store.update_job(make_job(scheduler, "nope"))
         assert store.get_all_jobs() == []
 
-    def test_remove_job(self, store: MongoDBJobStore, scheduler: BackgroundScheduler) -> None:
+    def test_remove_job(self, store: StoreCore, scheduler: BackgroundScheduler) -> None:
         store.add_job(make_job(scheduler, "a"))
         store.add_job(make_job(scheduler, "b"))
         store.remove_job("a")
@@ -76,16 +73,14 @@ class TestContract:
         with pytest.raises(JobLookupError, match="id of a was"):
             store.remove_job("a")
 
-    def test_remove_all_jobs(self, store: MongoDBJobStore, scheduler: BackgroundScheduler) -> None:
+    def test_remove_all_jobs(self, store: StoreCore, scheduler: BackgroundScheduler) -> None:
         for name in "abc":
             store.add_job(make_job(scheduler, name))
         store.remove_all_jobs()
         assert store.get_all_jobs() == []
         assert store.get_next_run_time() is None
 
-    def test_due_jobs_sorted_by_time_then_id(
-        self, store: MongoDBJobStore, scheduler: BackgroundScheduler
-    ) -> None:
+    def test_due_jobs_sorted_by_time_then_id(self, store: StoreCore, scheduler: BackgroundScheduler) -> None:
         plan = {"late": at(3), "b-tie": at(1), "a-tie": at(1), "first": at(0), "future": at(60)}
         for job_id, when in plan.items():
             store.add_job(make_job(scheduler, job_id, next_run_time=when))
@@ -96,16 +91,14 @@ class TestContract:
         assert store.get_due_jobs(at(-1)) == []
 
     def test_due_jobs_compare_instants_across_zones(
-        self, store: MongoDBJobStore, scheduler: BackgroundScheduler
+        self, store: StoreCore, scheduler: BackgroundScheduler
     ) -> None:
         store.add_job(make_job(scheduler, next_run_time=at(0)))
         berlin = at(0).astimezone(dt.timezone(dt.timedelta(hours=1)))
         assert [job.id for job in store.get_due_jobs(berlin)] == ["job1"]
         assert store.get_due_jobs(berlin - dt.timedelta(microseconds=1)) == []
 
-    def test_next_run_time_is_earliest_active(
-        self, store: MongoDBJobStore, scheduler: BackgroundScheduler
-    ) -> None:
+    def test_next_run_time_is_earliest_active(self, store: StoreCore, scheduler: BackgroundScheduler) -> None:
         assert store.get_next_run_time() is None
         store.add_job(make_job(scheduler, "paused", next_run_time=None))
         assert store.get_next_run_time() is None
@@ -115,9 +108,7 @@ class TestContract:
         assert next_time == at(2)
         assert next_time.tzinfo is not None
 
-    def test_all_jobs_sorted_with_paused_last(
-        self, store: MongoDBJobStore, scheduler: BackgroundScheduler
-    ) -> None:
+    def test_all_jobs_sorted_with_paused_last(self, store: StoreCore, scheduler: BackgroundScheduler) -> None:
         store.add_job(make_job(scheduler, "p2", next_run_time=None))
         store.add_job(make_job(scheduler, "late", next_run_time=at(9)))
         store.add_job(make_job(scheduler, "p1", next_run_time=None))
@@ -125,7 +116,7 @@ class TestContract:
         assert [job.id for job in store.get_all_jobs()] == ["early", "late", "p1", "p2"]
 
     def test_returned_jobs_are_attached_and_aware(
-        self, store: MongoDBJobStore, scheduler: BackgroundScheduler
+        self, store: StoreCore, scheduler: BackgroundScheduler
     ) -> None:
         store.add_job(make_job(scheduler, next_run_time=at(0)))
         for job in [store.lookup_job("job1"), *store.get_due_jobs(at(0)), *store.get_all_jobs()]:
@@ -135,116 +126,15 @@ class TestContract:
             assert job.next_run_time.tzinfo is not None
             assert job.next_run_time == at(0)
 
-    def test_document_layout(
-        self, store: MongoDBJobStore, scheduler: BackgroundScheduler, serializer: str
-    ) -> None:
-        store.add_job(make_job(scheduler, "a", next_run_time=at(0)))
-        store.add_job(make_job(scheduler, "p", next_run_time=None))
-        documents = {doc["_id"]: doc for doc in store.collection.find()}
-        assert set(documents["a"]) == {"_id", "next_run_time", "job_state", FORMAT_FIELD}
-        assert documents["a"]["next_run_time"] == at(0).timestamp()
-        assert isinstance(documents["a"]["job_state"], str if store._codec.text else bytes)
-        assert documents["a"][FORMAT_FIELD] == serializer
-        assert documents["p"]["next_run_time"] is None
-
-    def test_start_creates_sparse_next_run_time_index(self, store: MongoDBJobStore) -> None:
-        indexes = store.collection.index_information()
-        matching = [info for info in indexes.values() if info["key"] == [("next_run_time", 1)]]
-        assert matching, indexes
-        assert matching[0].get("sparse") is True
-
-    def test_failed_encoding_writes_nothing(
-        self, store: MongoDBJobStore, scheduler: BackgroundScheduler
-    ) -> None:
+    def test_failed_encoding_writes_nothing(self, store: StoreCore, scheduler: BackgroundScheduler) -> None:
         store.add_job(make_job(scheduler, "kept", args=(1,)))
         lock = threading.Lock()
         with pytest.raises(SerializationError, match="job 'bad'"):
             store.add_job(make_job(scheduler, "bad", args=(lock,)))
         with pytest.raises(SerializationError, match="job 'kept'"):
             store.update_job(make_job(scheduler, "kept", args=(lock,)))
-        assert [doc["_id"] for doc in store.collection.find()] == ["kept"]
+        assert document_ids(store) == ["kept"]
         assert store.lookup_job("kept").args == (1,)  # type: ignore[union-attr]
-
-
-def test_constructor_rejects_empty_names_like_the_stock_store() -> None:
-    with pytest.raises(ValueError, match='The "database" parameter must not be empty'):
-        MongoDBJobStore(database="")
-    with pytest.raises(ValueError, match='The "collection" parameter must not be empty'):
-        MongoDBJobStore(collection="")
-
-
-def test_connect_args_reach_mongoclient_with_w1_default(mongodb_uri: str) -> None:
-    store = MongoDBJobStore(host=mongodb_uri, appname="jobshelf-test")
-    try:
-        assert store.client.write_concern.document == {"w": 1}
-        assert store.client.options.pool_options.metadata["application"]["name"] == "jobshelf-test"
-    finally:
-        store.shutdown()
-
-
-SHARED_CLIENT: Any = None
-
-
-def test_client_may_be_a_module_reference(mongo_client: MongoClient[Any], database: str) -> None:
-    global SHARED_CLIENT  # noqa: PLW0603 - the reference must name a module attribute
-    SHARED_CLIENT = mongo_client
-    store = MongoDBJobStore(database=database, client=f"{__name__}:SHARED_CLIENT")
-    assert store.client is mongo_client
-
-
-def test_shutdown_closes_only_a_client_it_created(
-    mongodb_uri: str, mongo_client: MongoClient[Any], database: str
-) -> None:
-    borrowed = MongoDBJobStore(database=database, client=mongo_client)
-    borrowed.shutdown()
-    assert mongo_client[database].command("ping")["ok"] == 1
-
-    owned = MongoDBJobStore(database=database, host=mongodb_uri)
-    owned.collection.find_one()
-    owned.shutdown()
-    with pytest.raises(InvalidOperation):
-        owned.collection.find_one()
-
-
-def test_plugin_alias_in_dict_configuration(mongodb_uri: str, database: str) -> None:
-    ran = threading.Event()
-    scheduler = BackgroundScheduler(
-        timezone=UTC,
-        jobstores={
-            "default": {
-                "type": "jobshelf",
-                "serializer": "pickle",
-                "database": database,
-                "host": mongodb_uri,
-            }
-        },
-    )
-    scheduler.start()
-    try:
-        store = scheduler._lookup_jobstore("default")
-        assert type(store) is MongoDBJobStore
-        scheduler.add_job(
-            _set_event,
-            "interval",
-            seconds=3600,
-            id="tick",
-            next_run_time=dt.datetime.now(UTC),
-            args=[f"{__name__}:EVENTS", "tick"],
-        )
-        EVENTS["tick"] = ran
-        assert ran.wait(20), "the job stored through the plugin alias did not run"
-        document = store.collection.find_one({"_id": "tick"})
-        assert document[FORMAT_FIELD] == "pickle"
-        assert pickle.loads(document["job_state"])["id"] == "tick"
-    finally:
-        scheduler.shutdown(wait=False)
-
-
-EVENTS: dict[str, threading.Event] = {}
-
-
-def _set_event(_ref: str, key: str) -> None:
-    EVENTS[key].set()
 
 
 def test_dummy_job_is_importable() -> None:

@@ -11,8 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from jobshelf import MongoDBJobStore, state_to_job
-from jobshelf._compare import state_difference
-from jobshelf.testing import fire_times, job_states
+from jobshelf.testing import fire_times, job_states, state_difference
 from jobshelf.testing.strategies import aware_datetimes
 
 # the float next_run_time field must exist for every stored time: keep one day off the year limits

@@ -18,39 +18,41 @@ from ._exceptions import (
     UnsupportedValueError,
 )
 from ._jobstate import job_to_state, state_to_job
-from ._serializer import (
-    Serializer,
-    SerializerSpec,
-    available_serializers,
-    format_name,
-    resolve_serializer,
-)
+from ._marshal import StateMarshaller, TriggerCodec, register_trigger, unregister_trigger
+from ._resolve import available_serializers, resolve_serializer
+from ._rows import QuarantinedJob
+from ._serializer import Serializer, SerializerSpec, format_name
+from .memory import MemoryJobStore, MemoryStorage
 from .mongodb import MongoDBJobStore
-from .serializers import CloudPickleSerializer, MsgpackStateSerializer, PickleSerializer
-from .serializers._marshal import StateMarshaller, TriggerCodec, register_trigger
+from .serializers import CloudPickleSerializer, MsgpackStateSerializer, PickleSerializer, SignedSerializer
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "CloudPickleSerializer",
     "DeserializationError",
     "JobshelfError",
+    "MemoryJobStore",
+    "MemoryStorage",
     "MissingDependencyError",
     "MongoDBJobStore",
     "MsgpackStateSerializer",
-    "StateMarshaller",
-    "TriggerCodec",
-    "register_trigger",
     "PickleSerializer",
+    "QuarantinedJob",
     "SerializationError",
     "Serializer",
-    "SerializerSpec",
     "SerializerConfigError",
+    "SerializerSpec",
+    "SignedSerializer",
+    "StateMarshaller",
+    "TriggerCodec",
     "UnacceptedFormatError",
     "UnsupportedValueError",
     "available_serializers",
     "format_name",
     "job_to_state",
+    "register_trigger",
     "resolve_serializer",
     "state_to_job",
+    "unregister_trigger",
 ]

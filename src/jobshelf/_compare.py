@@ -12,7 +12,7 @@ import decimal
 from collections import Counter
 from typing import Any
 
-from ._cron import field_expression
+from ._marshal._triggers import field_expression
 
 __all__ = ["state_difference"]
 

@@ -4,8 +4,7 @@ import pytest
 from jobshelf_compress import CompressedSerializer, ZlibMsgpack
 
 from jobshelf import DeserializationError, MongoDBJobStore
-from jobshelf._serializer import load_state, sample_state
-from jobshelf.testing import check_serializer
+from jobshelf.testing import check_serializer, load_state, sample_state
 
 
 @pytest.mark.parametrize("name", ["zlib+msgpack", "zlib+pickle"])

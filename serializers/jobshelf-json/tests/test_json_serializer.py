@@ -9,8 +9,7 @@ from apscheduler.triggers.cron import CronTrigger
 from jobshelf_json import JsonStateSerializer
 
 from jobshelf import MongoDBJobStore, resolve_serializer
-from jobshelf._serializer import sample_state
-from jobshelf.testing import check_serializer
+from jobshelf.testing import check_serializer, sample_state
 
 
 def test_passes_the_conformance_kit() -> None:
@@ -58,7 +57,7 @@ def test_stored_as_a_string_in_mongodb(mongo_client, database, scheduler) -> Non
 
 def test_garbage_is_refused() -> None:
     from jobshelf import DeserializationError
-    from jobshelf._serializer import load_state
+    from jobshelf.testing import load_state
 
     with pytest.raises(DeserializationError):
         load_state(JsonStateSerializer(), b'{"$nosuchkind": 1}')

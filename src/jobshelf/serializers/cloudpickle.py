@@ -29,7 +29,7 @@ class CloudPickleSerializer(PickleSerializer):
     pickle_family = True
     stores_callables_by_value = True
 
-    def __init__(self, protocol: int = pickle.HIGHEST_PROTOCOL) -> None:
+    def __init__(self, protocol: int | None = pickle.HIGHEST_PROTOCOL) -> None:
         try:
             import cloudpickle
         except ImportError as exc:  # pragma: no cover - cloudpickle is a dependency

@@ -5,14 +5,16 @@ from __future__ import annotations
 import datetime as dt
 import struct
 import threading
+from collections.abc import Iterable
 from typing import Any
 
 import msgpack
 
 from .._exceptions import DeserializationError, SerializationError
-from ._marshal import StateMarshaller, TriggerCodec, default_marshaller, fixed_offset_args
+from .._marshal import StateMarshaller, TriggerCodec, datetime_fields, datetime_from_fields
+from .._marshal._zones import fixed_offset_args
 
-__all__ = ["EXT_CODES", "STATE_KEYS", "MsgpackStateSerializer"]
+__all__ = ["EXT_CODES", "MAX_DEPTH", "MAX_EXT_VALUES", "STATE_KEYS", "MsgpackStateSerializer"]
 
 #: A job state with exactly these keys is stored as an array of their values, in this order.
 STATE_KEYS = (
@@ -23,24 +25,23 @@ _STATE_KEYS_SET = frozenset(STATE_KEYS)
 
 #: msgpack ext type code of each value kind (see the README's "msgpack-state schema").
 EXT_CODES: dict[str, int] = {
-    "tuple": 1,
-    "set": 2,
-    "frozenset": 3,
-    "int": 4,
-    "decimal": 5,
-    "uuid": 6,
-    "datetime": 7,
-    "date": 8,
-    "time": 9,
-    "timedelta": 10,
-    "timezone": 11,
-    "zoneinfo": 12,
-    "pytz": 13,
-    "trigger": 14,
-}
+    "tuple": 1, "set": 2, "frozenset": 3, "int": 4, "decimal": 5, "uuid": 6, "datetime": 7,
+    "date": 8, "time": 9, "timedelta": 10, "timezone": 11, "zoneinfo": 12, "pytz": 13, "trigger": 14,
+}  # fmt: skip
 _KINDS_BY_CODE = {code: kind for kind, code in EXT_CODES.items()}
 _ZONE_CODES = frozenset((EXT_CODES["zoneinfo"], EXT_CODES["pytz"], EXT_CODES["timezone"]))
+
+#: How deeply ext values may nest (a tuple in a tuple in a trigger...). Each level is one more
+#: C-level unpack on the stack, so this bound is what keeps a hostile document from overflowing it.
+MAX_DEPTH = 32
+#: How many ext values one job state may hold, encoded or decoded: bounds the work per document.
+MAX_EXT_VALUES = 100_000
+#: Cached zone payloads are short; longer ones are decoded every time rather than kept.
+_CACHE_KEY_LIMIT = 128
 _CACHE_LIMIT = 1024
+#: msgpack ints: signed and unsigned 64 bits; other ints use ext 4.
+_INT_MIN, _INT_END = -(2**63), 2**64
+
 # msgpack.ExtType is a namedtuple whose __new__ re-validates in Python (about 1 us a call); the
 # values built here are valid by construction, so build the tuple directly (about 0.2 us).
 _ExtType = msgpack.ExtType
@@ -51,6 +52,14 @@ _EMPTY_ARRAY = b"\x90"
 #: datetime ext payload: year, month, day, hour, minute, second, microsecond, fold (big-endian),
 #: followed by the zone as one packed msgpack value (absent for a naive datetime)
 _DATETIME_FIELDS = struct.Struct(">HBBBBBIB")
+
+
+class _LimitExceeded(Exception):
+    pass
+
+
+def _native_int(value: int) -> bool:
+    return _INT_MIN <= value < _INT_END
 
 
 def _zone_key(zone: dt.tzinfo) -> Any:
@@ -65,32 +74,37 @@ class MsgpackStateSerializer:
 
     Round trips are exact: tuples stay tuples, datetimes keep their microseconds, ``fold`` and
     zone (a zoneinfo zone stays zoneinfo, a pytz zone stays pytz with the same offset variant),
-    dict keys may be any supported value, and ints of any size survive. Decoding imports nothing and
-    builds only the types msgpack-state knows plus registered triggers, so a stored job cannot
-    make the scheduler run code it did not already have.
+    dict keys may be any supported value, and ints of any size survive. Decoding imports nothing,
+    builds only the types msgpack-state knows plus registered triggers, and is bounded: ext values
+    nest at most :data:`MAX_DEPTH` deep and number at most :data:`MAX_EXT_VALUES` per state
+    (encoding refuses the same), and no header may claim more items than the data holds.
 
     :param triggers: extra custom trigger codecs for this serializer only (see also
-        :func:`jobshelf.register_trigger`, which reaches every serializer)
+        :func:`jobshelf.register_trigger`, which reaches every serializer, made before or after)
     """
 
     format_name = "msgpack"
     pickle_family = False
     stores_callables_by_value = False
 
-    def __init__(self, *, triggers: tuple[TriggerCodec, ...] = ()) -> None:
-        self._marshaller: StateMarshaller = default_marshaller()
-        for codec in triggers:
-            self._marshaller.add_trigger(codec)
-        self._local = threading.local()  # per thread: one reusable Packer per nesting depth
+    def __init__(self, *, triggers: Iterable[TriggerCodec] = ()) -> None:
+        self._marshaller = StateMarshaller(triggers, "msgpack-state", _native_int)
+        self._local = threading.local()  # per thread: packers per depth, depth and ext budget
         self._zone_bytes: dict[Any, bytes] = {}  # zone -> its packed ext, for datetime payloads
         self._zones: dict[tuple[int, bytes], Any] = {}  # (code, payload) -> zone
 
+    # ------------------------------------------------------------------------- encoding
+
     def dumps(self, state: dict[str, Any], /) -> bytes:
         """Encode ``state``. :raises UnsupportedValueError: with the path to the value."""
+        local = self._local
+        local.budget = MAX_EXT_VALUES
         try:
             if state.keys() == _STATE_KEYS_SET:
                 return self._pack([state[key] for key in STATE_KEYS])
             return self._pack(state)
+        except _LimitExceeded as exc:
+            raise SerializationError(f"msgpack-state cannot encode the job state: {exc}") from None
         except Exception as exc:
             located = self._marshaller.find_unsupported(state)
             if located is not None:
@@ -99,12 +113,73 @@ class MsgpackStateSerializer:
                 f"msgpack-state cannot encode the job state: {type(exc).__name__}: {exc}"
             ) from exc
 
+    def _pack(self, value: Any) -> bytes:
+        # msgpack's default hook runs while a Packer is busy, so nested payloads need their own
+        # Packer: reuse one per depth (a fresh Packer per value costs more than the packing).
+        local = self._local
+        try:
+            stack: list[msgpack.Packer] = local.stack
+        except AttributeError:
+            stack = local.stack = []
+            local.depth = 0
+        depth: int = local.depth
+        if depth > MAX_DEPTH:
+            raise _LimitExceeded(f"values nest deeper than {MAX_DEPTH} levels")
+        if depth == len(stack):
+            stack.append(msgpack.Packer(default=self._default, strict_types=True, use_bin_type=True))
+        local.depth = depth + 1
+        try:
+            return stack[depth].pack(value)  # type: ignore[no-any-return]
+        except BaseException:
+            stack[depth:] = []  # a Packer interrupted by an exception may hold a partial buffer
+            raise
+        finally:
+            local.depth = depth
+
+    def _spend(self) -> None:
+        local = self._local
+        local.budget -= 1
+        if local.budget < 0:
+            raise _LimitExceeded(f"more than {MAX_EXT_VALUES} tuples, dates, zones or triggers")
+
+    def _default(self, value: Any) -> msgpack.ExtType:
+        self._spend()
+        value_type = type(value)
+        if value_type is dt.datetime:
+            return _new_ext(_ExtType, (_DATETIME, self._datetime_payload(value)))
+        if value_type is tuple:
+            return _new_ext(_ExtType, (_TUPLE, self._pack(list(value)) if value else _EMPTY_ARRAY))
+        kind, payload = self._marshaller.reduce(value)
+        return _new_ext(_ExtType, (EXT_CODES[kind], self._pack(payload)))
+
+    def _datetime_payload(self, value: dt.datetime) -> bytes:
+        fields = _DATETIME_FIELDS.pack(*datetime_fields(value))
+        zone = value.tzinfo
+        if zone is None:
+            return fields
+        key = _zone_key(zone)
+        zone_bytes = self._zone_bytes.get(key)
+        if zone_bytes is None:
+            kind, payload = self._marshaller.reduce(zone)
+            zone_bytes = self._pack(_new_ext(_ExtType, (EXT_CODES[kind], self._pack(payload))))
+            if len(self._zone_bytes) >= _CACHE_LIMIT:
+                self._zone_bytes.clear()
+            self._zone_bytes[key] = zone_bytes
+        return fields + zone_bytes
+
+    # ------------------------------------------------------------------------- decoding
+
     def loads(self, data: bytes, /) -> dict[str, Any]:
         """Decode ``data``. :raises DeserializationError: on anything but msgpack-state data."""
+        local = self._local
+        local.budget = MAX_EXT_VALUES
+        local.unpack_depth = 0
         try:
-            state = msgpack.unpackb(data, ext_hook=self._ext_hook, strict_map_key=False)
+            state = self._unpack(data)
         except DeserializationError:
             raise
+        except _LimitExceeded as exc:
+            raise DeserializationError(f"msgpack-state refused the job state: {exc}") from None
         except Exception as exc:
             raise DeserializationError(
                 f"msgpack-state cannot decode the job state: {type(exc).__name__}: {exc}"
@@ -117,56 +192,31 @@ class MsgpackStateSerializer:
             )
         return state
 
-    def _pack(self, value: Any) -> bytes:
-        # msgpack's default hook runs while a Packer is busy, so nested payloads need their own
-        # Packer: reuse one per depth (a fresh Packer per value costs more than the packing).
+    def _unpack(self, data: bytes) -> Any:
         local = self._local
+        depth: int = local.unpack_depth
+        if depth >= MAX_DEPTH:
+            raise _LimitExceeded(f"values nest deeper than {MAX_DEPTH} levels")
+        local.unpack_depth = depth + 1
+        size = len(data)
         try:
-            stack: list[msgpack.Packer] = local.stack
-        except AttributeError:
-            stack = local.stack = []
-            local.depth = 0
-        depth: int = local.depth
-        if depth == len(stack):
-            stack.append(msgpack.Packer(default=self._default, strict_types=True, use_bin_type=True))
-        local.depth = depth + 1
-        try:
-            return stack[depth].pack(value)  # type: ignore[no-any-return]
+            # No header may claim more items or bytes than the data holds.
+            return msgpack.unpackb(
+                data, ext_hook=self._ext_hook, strict_map_key=False, max_str_len=size,
+                max_bin_len=size, max_array_len=size, max_map_len=size // 2, max_ext_len=size,
+            )  # fmt: skip
         finally:
-            local.depth = depth
-
-    def _default(self, value: Any) -> msgpack.ExtType:
-        value_type = type(value)
-        if value_type is dt.datetime:
-            return _new_ext(_ExtType, (_DATETIME, self._datetime_payload(value)))
-        if value_type is tuple:
-            return _new_ext(_ExtType, (_TUPLE, self._pack(list(value)) if value else _EMPTY_ARRAY))
-        kind, payload = self._marshaller.reduce(value)
-        return _new_ext(_ExtType, (EXT_CODES[kind], self._pack(payload)))
-
-    def _datetime_payload(self, value: dt.datetime) -> bytes:
-        fields = _DATETIME_FIELDS.pack(
-            value.year, value.month, value.day, value.hour, value.minute, value.second,
-            value.microsecond, value.fold,
-        )  # fmt: skip
-        zone = value.tzinfo
-        if zone is None:
-            return fields
-        key = _zone_key(zone)
-        zone_bytes = self._zone_bytes.get(key)
-        if zone_bytes is None:
-            kind, payload = self._marshaller.reduce(zone)
-            zone_bytes = self._pack(_new_ext(_ExtType, (EXT_CODES[kind], self._pack(payload))))
-            if len(self._zone_bytes) > _CACHE_LIMIT:
-                self._zone_bytes.clear()
-            self._zone_bytes[key] = zone_bytes
-        return fields + zone_bytes
+            local.unpack_depth = depth
 
     def _ext_hook(self, code: int, data: bytes) -> Any:
+        self._spend()
         if code == _DATETIME:
             return self._datetime_from(data)
         if code == _TUPLE:
-            return tuple(msgpack.unpackb(data, ext_hook=self._ext_hook, strict_map_key=False))
+            items = self._unpack(data)
+            if type(items) is not list:
+                raise DeserializationError("malformed tuple payload")
+            return tuple(items)
         if code in _ZONE_CODES:
             return self._zone_from(code, data)
         return self._construct(code, data)
@@ -175,36 +225,39 @@ class MsgpackStateSerializer:
         zone = self._zones.get((code, data))
         if zone is None:
             zone = self._construct(code, data)
-            if len(self._zones) > _CACHE_LIMIT:
-                self._zones.clear()
-            self._zones[code, data] = zone
+            if len(data) <= _CACHE_KEY_LIMIT:
+                if len(self._zones) >= _CACHE_LIMIT:
+                    self._zones.clear()
+                self._zones[code, data] = zone
         return zone
 
     def _construct(self, code: int, data: bytes) -> Any:
         kind = _KINDS_BY_CODE.get(code)
         if kind is None:
             raise DeserializationError(f"unknown msgpack-state ext type code {code}")
-        payload = msgpack.unpackb(data, ext_hook=self._ext_hook, strict_map_key=False)
-        return self._marshaller.construct(kind, payload)
+        return self._marshaller.construct(kind, self._unpack(data))
 
     def _datetime_from(self, data: bytes) -> dt.datetime:
         try:
-            year, month, day, hour, minute, second, micro, fold = _DATETIME_FIELDS.unpack_from(data)
+            fields = _DATETIME_FIELDS.unpack_from(data)
             zone = None
             if len(data) > _DATETIME_FIELDS.size:
                 tail = data[_DATETIME_FIELDS.size :]
                 zone = self._zones.get((_DATETIME, tail))
                 if zone is None:
-                    zone = msgpack.unpackb(tail, ext_hook=self._ext_hook)
+                    zone = self._unpack(tail)
                     if not isinstance(zone, dt.tzinfo):
                         raise TypeError(f"expected a time zone, got {type(zone).__name__}")
-                    self._zones[_DATETIME, tail] = zone
-            return dt.datetime(year, month, day, hour, minute, second, micro, zone, fold=fold)
-        except DeserializationError:
+                    if len(tail) <= _CACHE_KEY_LIMIT:
+                        if len(self._zones) >= _CACHE_LIMIT:
+                            self._zones.clear()
+                        self._zones[_DATETIME, tail] = zone
+            return datetime_from_fields(fields, zone)
+        except (DeserializationError, _LimitExceeded):
             raise
         except Exception as exc:
             raise DeserializationError(
-                f"malformed datetime payload {data!r}: {type(exc).__name__}: {exc}"
+                f"malformed datetime payload {data[:40]!r}: {type(exc).__name__}: {exc}"
             ) from exc
 
     def __repr__(self) -> str:

@@ -7,7 +7,24 @@ from typing import Any
 
 from .._exceptions import DeserializationError, SerializationError
 
-__all__ = ["PickleSerializer"]
+__all__ = ["PickleSerializer", "pickle_protocol"]
+
+
+def pickle_protocol(value: Any) -> int:
+    """The protocol number :func:`pickle.dumps` would use for ``value``, or a clear error.
+
+    Like pickle: a negative int means :data:`pickle.HIGHEST_PROTOCOL` and ``None`` means
+    :data:`pickle.DEFAULT_PROTOCOL`. Unlike pickle, ``True``/``False`` are refused: they are ints
+    to Python, but never what anyone meant by a protocol.
+    """
+    if value is None:
+        return pickle.DEFAULT_PROTOCOL
+    if type(value) is not int or value > pickle.HIGHEST_PROTOCOL:
+        raise ValueError(
+            f"pickle protocol must be an int up to {pickle.HIGHEST_PROTOCOL} (negative: the highest; "
+            f"None: the default {pickle.DEFAULT_PROTOCOL}), got {value!r}"
+        )
+    return pickle.HIGHEST_PROTOCOL if value < 0 else value
 
 
 class PickleSerializer:
@@ -16,19 +33,16 @@ class PickleSerializer:
     ``dumps(state)`` is ``pickle.dumps(state, protocol)``, byte for byte, so documents written
     with it are read by APScheduler's own ``MongoDBJobStore`` and the other way round.
 
-    :param protocol: pickle protocol (default: :data:`pickle.HIGHEST_PROTOCOL`, as the stock store)
+    :param protocol: pickle protocol, as :func:`pickle.dumps` takes it (default:
+        :data:`pickle.HIGHEST_PROTOCOL`, as the stock store)
     """
 
     format_name = "pickle"
     pickle_family = True
     stores_callables_by_value = False
 
-    def __init__(self, protocol: int = pickle.HIGHEST_PROTOCOL) -> None:
-        if not isinstance(protocol, int) or not 0 <= protocol <= pickle.HIGHEST_PROTOCOL:
-            raise ValueError(
-                f"pickle protocol must be an int from 0 to {pickle.HIGHEST_PROTOCOL}, got {protocol!r}"
-            )
-        self.protocol = protocol
+    def __init__(self, protocol: int | None = pickle.HIGHEST_PROTOCOL) -> None:
+        self.protocol = pickle_protocol(protocol)
 
     def dumps(self, state: dict[str, Any], /) -> bytes:
         """Pickle ``state`` at the configured protocol."""

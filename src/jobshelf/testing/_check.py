@@ -17,14 +17,8 @@ from hypothesis.errors import HypothesisWarning
 
 from .._compare import state_difference
 from .._exceptions import DeserializationError, SerializationError
-from .._serializer import (
-    SerializerSpec,
-    dump_state,
-    format_name,
-    load_state,
-    resolve_serializer,
-    sample_state,
-)
+from .._resolve import resolve_serializer
+from .._serializer import SerializerSpec, dump_state, format_name, load_state, sample_state
 from .strategies import ALL_CAPABILITIES, job_states
 
 __all__ = ["GARBAGE", "check_serializer", "fire_times", "state_roundtrip_problem"]

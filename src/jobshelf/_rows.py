@@ -1,0 +1,74 @@
+"""The records that pass between the store core and a store adapter (no database types here)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, NamedTuple
+
+__all__ = ["QuarantinedJob", "Row", "WriteRecord", "public_error_name"]
+
+
+class Row(NamedTuple):
+    """One stored job as an adapter read it. Nothing in it is validated yet.
+
+    :ivar id: the stored id (``_id``)
+    :ivar data: the encoded state as stored (bytes or str; anything, in a malformed document)
+    :ivar format: the stored format tag; ``None`` for an untagged (stock) document
+    :ivar revision: the write token jobshelf sets on every write; ``None`` if absent
+    :ivar quarantined: the job is quarantined (out of the schedule)
+    """
+
+    id: Any
+    data: Any
+    format: Any = None
+    revision: Any = None
+    quarantined: bool = False
+
+
+class WriteRecord(NamedTuple):
+    """An encoded job, ready for an adapter to write.
+
+    :ivar id: the job id
+    :ivar next_run_time: UTC timestamp, ``None`` when paused
+    :ivar data: the encoded state: ``bytes``, or ``str`` for a text serializer
+    :ivar format: the format tag
+    :ivar revision: a fresh write token: conditional updates compare it
+    """
+
+    id: str
+    next_run_time: float | None
+    data: bytes | str
+    format: str
+    revision: int
+
+
+class QuarantinedJob(NamedTuple):
+    """A quarantined job, as :meth:`get_quarantined_jobs` lists it.
+
+    :ivar id: the job id
+    :ivar format: the format its state is stored in
+    :ivar error_type: the public name of the error that quarantined it
+    :ivar message: what went wrong, and what to do
+    :ivar at: when it was quarantined (aware, UTC)
+    :ivar next_run_time: its next run time when it was quarantined (aware, UTC), or ``None``
+    :ivar size: the stored state's size in bytes
+    """
+
+    id: Any
+    format: str
+    error_type: str
+    message: str
+    at: dt.datetime | None
+    next_run_time: dt.datetime | None
+    size: int
+
+
+def public_error_name(exc: BaseException) -> str:
+    """``jobshelf.DeserializationError`` rather than a private module path."""
+    cls = type(exc)
+    if cls.__module__.startswith("jobshelf."):
+        import jobshelf
+
+        if getattr(jobshelf, cls.__name__, None) is cls:
+            return f"jobshelf.{cls.__name__}"
+    return f"{cls.__module__}.{cls.__qualname__}"
