@@ -97,3 +97,36 @@ def document_ids(store: Any) -> list[Any]:
     if isinstance(store, MongoDBJobStore):
         return sorted(document["_id"] for document in store.collection.find({}, ["_id"]))
     return sorted(document["_id"] for document in store.storage.documents())
+
+
+# ----------------------------------------------------------------------------- audit events
+
+#: Audit events that mean code from the data could run: an import, code compiled or executed,
+#: a process started, a class looked up by an unpickler.
+DANGEROUS_EVENTS = frozenset(
+    ("import", "exec", "compile", "os.system", "os.exec", "os.posix_spawn", "os.spawn",
+     "subprocess.Popen", "pickle.find_class")
+)  # fmt: skip
+_AUDIT: dict[str, Any] = {"installed": False, "watching": False, "events": []}
+
+
+def _audit_hook(event: str, args: tuple[Any, ...]) -> None:
+    if _AUDIT["watching"] and event in DANGEROUS_EVENTS:
+        _AUDIT["events"].append((event, str(args[0])[:200] if args else ""))
+
+
+class audit_events:
+    """Record the dangerous audit events raised inside the ``with`` block (this thread or any)."""
+
+    def __enter__(self) -> list[tuple[str, str]]:
+        import sys
+
+        if not _AUDIT["installed"]:
+            sys.addaudithook(_audit_hook)  # hooks cannot be removed: one, switched on and off
+            _AUDIT["installed"] = True
+        _AUDIT["events"] = []
+        _AUDIT["watching"] = True
+        return _AUDIT["events"]  # type: ignore[no-any-return]
+
+    def __exit__(self, *exc: object) -> None:
+        _AUDIT["watching"] = False

@@ -32,6 +32,7 @@ from jobshelf import (
     UnsupportedValueError,
     register_trigger,
     state_to_job,
+    unregister_trigger,
 )
 from jobshelf.serializers.msgpack import EXT_CODES, STATE_KEYS
 from jobshelf.testing import fire_times, state_difference, triggers
@@ -213,8 +214,11 @@ def test_custom_triggers_need_registration_and_then_round_trip() -> None:
     round_trip(local, base_state(trigger=trigger))
 
     register_trigger(EveryOtherDay, "every-other-day", lambda t: [t.start], lambda p: EveryOtherDay(p[0]))
-    restored = round_trip(MsgpackStateSerializer(), base_state(trigger=trigger))["trigger"]
-    assert restored.get_next_fire_time(None, trigger.start) == trigger.start + dt.timedelta(days=2)
+    try:
+        restored = round_trip(MsgpackStateSerializer(), base_state(trigger=trigger))["trigger"]
+        assert restored.get_next_fire_time(None, trigger.start) == trigger.start + dt.timedelta(days=2)
+    finally:
+        unregister_trigger("every-other-day")  # no registration leaks into other tests
     with pytest.raises(TypeError, match="not a trigger class"):
         register_trigger(dict, "dict", list, dict)
 

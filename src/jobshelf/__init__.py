@@ -18,7 +18,7 @@ from ._exceptions import (
     UnsupportedValueError,
 )
 from ._jobstate import job_to_state, state_to_job
-from ._marshal import StateMarshaller, TriggerCodec, register_trigger, unregister_trigger
+from ._marshal import StateMarshaller, TriggerCodec, register_trigger, registered_triggers, unregister_trigger
 from ._resolve import available_serializers, resolve_serializer
 from ._rows import QuarantinedJob
 from ._serializer import Serializer, SerializerSpec, format_name
@@ -52,6 +52,7 @@ __all__ = [
     "format_name",
     "job_to_state",
     "register_trigger",
+    "registered_triggers",
     "resolve_serializer",
     "state_to_job",
     "unregister_trigger",

@@ -50,7 +50,7 @@ def _entry_points() -> Iterable[Any]:
 
 
 def resolve_serializer(
-    spec: SerializerSpec = None, *, pickle_protocol: int | None = None, check: bool = True
+    spec: SerializerSpec = None, *, pickle_protocol: Any = pickle.HIGHEST_PROTOCOL, check: bool = True
 ) -> Serializer:
     """Turn a ``serializer=`` spec into a checked serializer object.
 
@@ -76,12 +76,12 @@ def resolve_serializer(
     return serializer  # type: ignore[no-any-return]
 
 
-def _instantiate(spec: SerializerSpec, pickle_protocol: int | None) -> Any:
+def _instantiate(spec: SerializerSpec, pickle_protocol: Any) -> Any:
     from .serializers.pickle import PickleSerializer
     from .serializers.pickle import pickle_protocol as normalized
 
     try:
-        protocol = pickle.HIGHEST_PROTOCOL if pickle_protocol is None else normalized(pickle_protocol)
+        protocol = normalized(pickle_protocol)
     except ValueError as exc:
         raise SerializerConfigError(f"pickle_protocol: {exc}") from None
     if spec is None:
@@ -97,7 +97,7 @@ def _instantiate(spec: SerializerSpec, pickle_protocol: int | None) -> Any:
             "serializer instance you pass"
         )
     if isinstance(spec, str):
-        return _instantiate(_import_spec(spec), None)
+        return _instantiate(_import_spec(spec), pickle.HIGHEST_PROTOCOL)
     if inspect.isclass(spec):
         try:
             return spec()

@@ -11,6 +11,7 @@ the ``_`` primitives below in its database's terms (see :mod:`jobshelf.mongodb` 
 from __future__ import annotations
 
 import datetime as dt
+import pickle
 import random
 import threading
 from collections.abc import Iterable, Mapping
@@ -79,7 +80,7 @@ class StoreCore(BaseJobStore):  # type: ignore[misc]
         *,
         serializer: SerializerSpec = None,
         accept: Iterable[SerializerSpec] | None = None,
-        pickle_protocol: Any = None,
+        pickle_protocol: Any = pickle.HIGHEST_PROTOCOL,
         allowed_callables: Iterable[str] | None = None,
         allow_by_value: bool = False,
         max_state_bytes: int = DEFAULT_MAX_STATE_BYTES,

@@ -9,6 +9,7 @@ serializer can store it, and every read decodes it again, exactly as the MongoDB
 from __future__ import annotations
 
 import math
+import pickle
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -73,7 +74,7 @@ class MemoryJobStore(StoreCore):
         *,
         serializer: SerializerSpec = None,
         accept: Iterable[SerializerSpec] | None = None,
-        pickle_protocol: Any = None,
+        pickle_protocol: Any = pickle.HIGHEST_PROTOCOL,
         allowed_callables: Iterable[str] | None = None,
         allow_by_value: bool = False,
         max_state_bytes: int = DEFAULT_MAX_STATE_BYTES,
