@@ -121,6 +121,11 @@ class CallablePolicy:
             return True
         return any(fnmatch.fnmatchcase(reference, glob) for glob in self._globs)
 
+    def allows_global(self, module: str, name: str) -> bool:
+        """True when an unpickler may load ``module.name``: the module is allowed, or the reference
+        matches a pattern. Used for classes in arguments as well as for the callable."""
+        return self.allows(f"{module}:{name}")
+
     def check_state(self, state: dict[str, Any], job_id: Any) -> None:
         """Refuse a decoded state whose callable is not allowed.
 

@@ -49,13 +49,29 @@ _revisions = random.Random()
 class _Format:
     """One accepted format: its serializer and what the store needs to know about it."""
 
-    __slots__ = ("by_value", "name", "serializer", "text")
+    __slots__ = ("by_value", "decoder", "name", "serializer", "text")
 
     def __init__(self, serializer: Serializer, name: str | None = None) -> None:
         self.serializer = serializer
+        self.decoder: Serializer = serializer  # what reads it (restricted under an allow-list)
         self.name = name or format_name(serializer)
         self.by_value = stores_callables_by_value(serializer)
         self.text = bool(getattr(serializer, "text", False))
+
+
+class _RestrictedDecoder:
+    """A pickle-family serializer read through its ``loads_restricted`` under an allow-list."""
+
+    def __init__(self, serializer: Any, policy: CallablePolicy) -> None:
+        self.format_name = format_name(serializer)
+        self._loads = serializer.loads_restricted
+        self._allows_global = policy.allows_global
+
+    def dumps(self, state: dict[str, Any], /) -> bytes:  # pragma: no cover - never encodes
+        raise NotImplementedError
+
+    def loads(self, data: bytes, /) -> dict[str, Any]:
+        return self._loads(data, self._allows_global)  # type: ignore[no-any-return]
 
 
 class StoreCore(BaseJobStore):  # type: ignore[misc]
@@ -91,6 +107,10 @@ class StoreCore(BaseJobStore):  # type: ignore[misc]
         self._formats: dict[str, _Format] = {self._format.name: self._format}
         self._add_accepted(accept)
         self._policy = CallablePolicy(allowed_callables, allow_by_value=allow_by_value)
+        if self._policy.restricts and not self._policy.allow_by_value:
+            for accepted in self._formats.values():
+                if callable(getattr(accepted.serializer, "loads_restricted", None)):
+                    accepted.decoder = _RestrictedDecoder(accepted.serializer, self._policy)
         if type(max_state_bytes) is not int or max_state_bytes < 1:
             raise ValueError(f"max_state_bytes must be a positive int, got {max_state_bytes!r}")
         self.max_state_bytes = max_state_bytes
@@ -413,7 +433,7 @@ class StoreCore(BaseJobStore):  # type: ignore[misc]
                 f"{self.max_state_bytes}; it was not decoded"
             )
         try:
-            state = load_state(decoder.serializer, data)
+            state = load_state(decoder.decoder, data)
         except DeserializationError as exc:
             raise DeserializationError(f"job {row.id!r} ({decoder.name}): {exc}") from exc
         validate_state(state, row.id, by_value=decoder.by_value)

@@ -45,7 +45,8 @@ def known_zone_keys() -> frozenset[str]:
 
 @functools.lru_cache(maxsize=1)
 def _pytz_zone_names() -> frozenset[str]:
-    return frozenset(pytz.all_timezones_set) if pytz is not None else frozenset()
+    # iterate: frozenset(pytz.all_timezones_set) reads the lazy set before it is filled
+    return frozenset(iter(pytz.all_timezones)) if pytz is not None else frozenset()
 
 
 _KEY_SYNTAX = re.compile(r"[A-Za-z0-9_+-]+(?:/[A-Za-z0-9_+-]+)*")

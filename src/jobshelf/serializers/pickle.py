@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pickle
+from collections.abc import Callable
 from typing import Any
 
 from .._exceptions import DeserializationError, SerializationError
+from ._restricted import restricted_loads
 
 __all__ = ["PickleSerializer", "pickle_protocol"]
 
@@ -57,6 +59,24 @@ class PickleSerializer:
         """Unpickle ``data`` (any protocol; stock documents included)."""
         try:
             state = pickle.loads(data)
+        except Exception as exc:
+            raise DeserializationError(
+                f"{self.format_name} cannot decode the job state: {type(exc).__name__}: {exc}"
+            ) from exc
+        if not isinstance(state, dict):
+            raise DeserializationError(
+                f"{self.format_name} data holds {type(state).__name__}, expected a job state dict"
+            )
+        return state
+
+    def loads_restricted(self, data: bytes, allows_global: Callable[[str, str], bool], /) -> dict[str, Any]:
+        """Unpickle ``data`` admitting only job-state classes (datetimes, zones, built-in and
+        registered triggers) and the globals ``allows_global(module, name)`` allows.
+
+        Stores call this instead of :meth:`loads` when ``allowed_callables`` is set.
+        """
+        try:
+            state = restricted_loads(data, allows_global)
         except Exception as exc:
             raise DeserializationError(
                 f"{self.format_name} cannot decode the job state: {type(exc).__name__}: {exc}"
