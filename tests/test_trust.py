@@ -171,7 +171,7 @@ def test_allow_list_patterns(make_store: Any, scheduler: BackgroundScheduler) ->
 def test_callables_by_value_need_an_explicit_opt_in(make_store: Any, scheduler: BackgroundScheduler) -> None:
     strict = make_store(serializer="cloudpickle", allowed_callables=["tests"])
     strict.start(scheduler, "default")
-    with pytest.raises(SerializationError, match="carries its callable by value .*allow_by_value=True"):
+    with pytest.raises(SerializationError, match=r"carries its callable by value .*allow_by_value=True"):
         strict.add_job(make_job(scheduler, "lambda", func=lambda: None))
     trusting = make_store(serializer="cloudpickle", allowed_callables=["tests"], allow_by_value=True)
     trusting.start(scheduler, "default")

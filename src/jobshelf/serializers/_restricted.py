@@ -27,7 +27,8 @@ __all__ = ["restricted_loads"]
 _SAFE_GLOBALS = frozenset(
     (module, name)
     for modules, names in (
-        (("builtins", "__builtin__"), ("set", "frozenset", "bytearray", "complex", "slice", "range", "object")),
+        (("builtins", "__builtin__"),
+         ("set", "frozenset", "bytearray", "complex", "slice", "range", "object")),
         (("_codecs",), ("encode",)),
         (("copyreg", "copy_reg"), ("_reconstructor",)),
         (("datetime",), ("datetime", "date", "time", "timedelta", "timezone", "tzinfo")),
