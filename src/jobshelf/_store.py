@@ -13,12 +13,14 @@ from __future__ import annotations
 import datetime as dt
 import pickle
 import random
+import sys
 import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from apscheduler.job import Job
 from apscheduler.jobstores.base import BaseJobStore, ConflictingIdError, JobLookupError
+from apscheduler.schedulers.base import BaseScheduler
 from apscheduler.util import datetime_to_utc_timestamp, utc_timestamp_to_datetime
 
 from ._exceptions import DeserializationError, JobshelfError, SerializationError, UnacceptedFormatError
@@ -44,6 +46,8 @@ UNTAGGED_FORMAT = "pickle"
 DEFAULT_MAX_STATE_BYTES = 16 * 1024 * 1024 - 16 * 1024
 
 _revisions = random.Random()
+#: APScheduler's loop: an exception from update_job/remove_job called there kills its thread.
+_SCHEDULER_LOOP = BaseScheduler._process_jobs.__code__
 
 
 class _Format:
@@ -184,7 +188,8 @@ class StoreCore(BaseJobStore):  # type: ignore[misc]
     def format_counts(self) -> dict[str, int]:
         """Count the scheduled (not quarantined) jobs per format, untagged ones as pickle.
 
-        A malformed format tag (not a string) is not counted: such a job is quarantined when read.
+        A malformed document (a format tag that is not a string, no state) is not counted: it is
+        quarantined when read.
         """
         counts: dict[str, int] = {}
         for fmt, count in self._format_counts().items():
@@ -206,7 +211,10 @@ class StoreCore(BaseJobStore):  # type: ignore[misc]
         """Jobs due at ``now``, by next run time then id."""
         self._flush_pending()
         jobs = self._rows_to_jobs(self._fetch_due(datetime_to_utc_timestamp(now)))
-        self._loop.active = True  # APScheduler's loop: update/remove must not raise until it ends
+        if sys._getframe(1).f_code is _SCHEDULER_LOOP:
+            # APScheduler's loop, on this thread, until it asks get_next_run_time(): the updates
+            # and removals it makes meanwhile must not raise.
+            self._loop.active = True
         return jobs
 
     def get_next_run_time(self) -> dt.datetime | None:
@@ -551,7 +559,7 @@ class StoreCore(BaseJobStore):  # type: ignore[misc]
         raise NotImplementedError
 
     def _format_counts(self) -> dict[Any, int]:
-        """Rows not quarantined per stored format tag (``None`` for untagged)."""
+        """Rows not quarantined that hold a state, per stored format tag (``None``: untagged)."""
         raise NotImplementedError
 
     def _count_quarantined(self) -> int:

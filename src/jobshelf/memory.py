@@ -135,7 +135,7 @@ class MemoryJobStore(StoreCore):
 
     def _format_counts(self) -> dict[Any, int]:
         counts: dict[Any, int] = {}
-        for document in self.storage._select(lambda d: _QUARANTINE not in d):
+        for document in self.storage._select(lambda d: _QUARANTINE not in d and "job_state" in d):
             fmt = document.get(_FORMAT)
             if fmt is None or isinstance(fmt, str):
                 counts[fmt] = counts.get(fmt, 0) + 1

@@ -171,7 +171,7 @@ class MongoDBJobStore(StoreCore):
 
     def _format_counts(self) -> dict[Any, int]:
         pipeline = [
-            {"$match": {QUARANTINE_FIELD: {"$exists": False}}},
+            {"$match": {QUARANTINE_FIELD: {"$exists": False}, "job_state": {"$exists": True}}},
             {"$group": {"_id": f"${FORMAT_FIELD}", "count": {"$sum": 1}}},
         ]
         counts: dict[Any, int] = {}

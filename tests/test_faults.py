@@ -1,0 +1,212 @@
+"""Faults: the database goes away and comes back; many threads share one store (issue 9)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import random
+import shutil
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from apscheduler.jobstores.base import ConflictingIdError, JobLookupError
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+from pymongo import MongoClient
+
+from jobshelf import MongoDBJobStore
+
+from .conftest import StoreCore
+from .helpers import UTC, make_job
+
+RUNS: Counter[str] = Counter()
+RUNS_LOCK = threading.Lock()
+
+
+def count_run(name: str) -> None:
+    with RUNS_LOCK:
+        RUNS[name] += 1
+
+
+class RestartableServer:
+    """A SecantusDB server on disk that can be stopped and started again on the same port."""
+
+    def __init__(self) -> None:
+        from secantus import SecantusDBServer
+
+        self._cls = SecantusDBServer
+        self.path = tempfile.mkdtemp(prefix="jobshelf-outage-")
+        self.server = SecantusDBServer(port=0, storage_path=self.path)
+        self.server.start()
+        self.port = self.server.port
+        self.uri = str(self.server.uri)
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def start(self) -> None:
+        self.server = self._cls(port=self.port, storage_path=self.path)
+        self.server.start()
+
+    def close(self) -> None:
+        self.server.stop()
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+@pytest.fixture
+def restartable(mongodb_uri: str) -> Iterator[RestartableServer]:
+    import os
+
+    if os.environ.get("JOBSHELF_MONGODB_URI"):
+        pytest.skip("needs a server this test can stop and start: the embedded SecantusDB")
+    server = RestartableServer()
+    yield server
+    server.close()
+
+
+def wait_for(condition: Any, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+SERVER: dict[str, RestartableServer] = {}
+
+
+def stop_the_server() -> None:
+    """Run by the debug executor inside the scheduler's loop: the update right after it fails."""
+    count_run("stop")
+    SERVER["server"].stop()
+
+
+def test_an_outage_longer_than_every_timeout_does_not_kill_the_scheduler(
+    restartable: RestartableServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    from apscheduler.executors.debug import DebugExecutor
+
+    RUNS.clear()
+    SERVER["server"] = restartable
+    # Timeouts far below the outage: every operation during it fails, as after pymongo's 30 s.
+    client: MongoClient[Any] = MongoClient(
+        restartable.uri, serverSelectionTimeoutMS=300, connectTimeoutMS=300, socketTimeoutMS=2000
+    )
+    store = MongoDBJobStore(client=client)
+    scheduler = BackgroundScheduler(
+        timezone=UTC, jobstores={"default": store}, jobstore_retry_interval=0.5,
+        executors={"default": {"type": "threadpool"}, "inline": DebugExecutor()},
+    )  # fmt: skip
+    scheduler.start()
+    try:
+        now = dt.datetime.now(UTC)
+        for name in ("a", "b", "c"):
+            scheduler.add_job(
+                count_run, IntervalTrigger(seconds=0.2), args=[name], id=name, next_run_time=now
+            )
+        assert wait_for(lambda: min(RUNS[n] for n in "abc") >= 2, 15)
+        with caplog.at_level(logging.WARNING):
+            scheduler.add_job(stop_the_server, IntervalTrigger(hours=1), id="stop", executor="inline",
+                              next_run_time=dt.datetime.now(UTC))  # fmt: skip
+            assert wait_for(lambda: RUNS["stop"] == 1, 10)
+            time.sleep(4)  # the stop job's update and the others' fail meanwhile
+            assert scheduler._thread.is_alive()
+            restartable.start()
+            before = dict(RUNS)
+            assert wait_for(lambda: all(RUNS[n] >= before[n] + 3 for n in "abc"), 30), (before, RUNS)
+        assert scheduler._thread.is_alive()
+        jobs = {job.id: job for job in scheduler.get_jobs()}
+        assert sorted(jobs) == ["a", "b", "c", "stop"]
+        assert jobs["stop"].next_run_time > dt.datetime.now(UTC) + dt.timedelta(minutes=50)  # kept write
+        assert RUNS["stop"] == 1  # and so it did not run again
+        assert store.get_quarantined_jobs() == []
+        messages = " ".join(record.getMessage() for record in caplog.records)
+        assert 'the update of job "stop" is kept in memory' in messages
+        assert "the writes kept during the outage are written" in messages
+    finally:
+        scheduler.shutdown(wait=False)
+        client.close()
+
+
+def test_writes_kept_during_an_outage_are_written_in_order_when_it_ends(
+    restartable: RestartableServer,
+) -> None:
+    """The loop updates one job and removes another while the server is down: both land later."""
+    from apscheduler.executors.debug import DebugExecutor
+
+    RUNS.clear()
+    SERVER["server"] = restartable
+    client: MongoClient[Any] = MongoClient(
+        restartable.uri, serverSelectionTimeoutMS=300, connectTimeoutMS=300
+    )
+    store = MongoDBJobStore(client=client)
+    scheduler = BackgroundScheduler(timezone=UTC, jobstores={"default": store}, jobstore_retry_interval=0.5,
+                                    executors={"default": DebugExecutor()})  # fmt: skip
+    now = dt.datetime.now(UTC) + dt.timedelta(seconds=1)
+    scheduler.add_job(stop_the_server, IntervalTrigger(hours=1), id="stop", next_run_time=now)
+    scheduler.add_job(
+        count_run, "date", run_date=now + dt.timedelta(microseconds=1), args=["gone"], id="gone"
+    )
+    scheduler.start()
+    try:
+        assert wait_for(lambda: RUNS["gone"] == 1, 15)  # ran right after the server stopped
+        time.sleep(1)
+        restartable.start()
+        assert wait_for(lambda: store.lookup_job("gone") is None, 15)
+        stop = store.lookup_job("stop")
+        assert stop is not None and stop.next_run_time > now + dt.timedelta(minutes=50)
+        assert scheduler._thread.is_alive()
+        assert (RUNS["stop"], RUNS["gone"]) == (1, 1)
+    finally:
+        scheduler.shutdown(wait=False)
+        client.close()
+
+
+def test_many_threads_on_one_store(store: StoreCore, scheduler: BackgroundScheduler) -> None:
+    t0 = dt.datetime(2030, 1, 1, tzinfo=UTC)
+    errors: list[BaseException] = []
+    final: dict[str, int | None] = {}
+    final_lock = threading.Lock()
+
+    def worker(worker_id: int) -> None:
+        rng = random.Random(worker_id)
+        try:
+            for index in range(15):
+                job_id = f"w{worker_id}-{index}"
+                store.add_job(make_job(scheduler, job_id, next_run_time=t0, args=(0,)))
+                with pytest.raises(ConflictingIdError):
+                    store.add_job(make_job(scheduler, job_id, next_run_time=t0))
+                version = 0
+                for version in range(1, rng.randint(2, 4)):
+                    store.update_job(make_job(scheduler, job_id, next_run_time=t0, args=(version,)))
+                job = store.lookup_job(job_id)
+                assert job is not None and job.args == (version,), (job_id, job and job.args, version)
+                if rng.random() < 0.4:
+                    store.remove_job(job_id)
+                    assert store.lookup_job(job_id) is None
+                    with pytest.raises(JobLookupError):
+                        store.remove_job(job_id)
+                    with final_lock:
+                        final[job_id] = None
+                else:
+                    with final_lock:
+                        final[job_id] = version
+                store.get_due_jobs(t0)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    stored = {job.id: job.args[0] for job in store.get_all_jobs()}
+    assert stored == {job_id: version for job_id, version in final.items() if version is not None}
+    assert store.get_quarantined_jobs() == []
