@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 EXAMPLES := $(wildcard serializers/*/pyproject.toml)
 STAMP := $(VENV)/.jobshelf-installed
 
-.PHONY: test lint pytest bench clean
+.PHONY: test lint pytest bench fuzz clean
 
 ## make test: create .venv, install jobshelf with its test extras and the example serializers,
 ## then lint (ruff, mypy --strict) and run the test suite against embedded real servers.
@@ -23,6 +23,10 @@ lint: $(STAMP)
 
 pytest: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+## make fuzz: the long fuzz run (100,000 inputs per property; opt-in, about a quarter of an hour).
+fuzz: $(STAMP)
+	JOBSHELF_FUZZ_EXAMPLES=$(or $(EXAMPLES),100000) $(PY) -m pytest -q -p no:randomly tests/test_fuzz.py
 
 ## make bench [QUICK=1] [ARGS="--server nx"]: benchmarks on the embedded SecantusDB server.
 bench: $(STAMP)

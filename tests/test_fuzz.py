@@ -1,0 +1,115 @@
+"""Fuzzing the decoders that promise to run no code: only DeserializationError may escape.
+
+``JOBSHELF_FUZZ_EXAMPLES`` sets the inputs per property (default 300; ``make fuzz`` runs 100,000
+per property and prints the figures recorded in the README). Every input is decoded under an audit
+hook: an import, exec, compile or process start fails the test, and so does an input that takes
+more than a generous bound of time or memory (a hang or a blow-up, not a speed target).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import tracemalloc
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from jobshelf import DeserializationError, MsgpackStateSerializer, SignedSerializer
+from jobshelf.testing import job_states, load_state
+
+from .helpers import audit_events
+
+EXAMPLES = int(os.environ.get("JOBSHELF_FUZZ_EXAMPLES", "300"))
+FUZZ = settings(
+    max_examples=EXAMPLES, deadline=None, database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)  # fmt: skip
+#: Per input: generous bounds that only a hang or a blow-up would cross.
+SECONDS = 5.0
+PEAK_BYTES = 64 * 1024 * 1024
+STATS: dict[str, float] = {"inputs": 0, "slowest": 0.0, "peak": 0}
+
+MSGPACK = MsgpackStateSerializer()
+SIGNED = SignedSerializer("msgpack", keys=[b"k" * 32])
+
+
+def mutations(valid: st.SearchStrategy[bytes]) -> st.SearchStrategy[bytes]:
+    """Valid payloads with bytes flipped, replaced, inserted, deleted, duplicated or cut."""
+
+    @st.composite
+    def mutate(draw: st.DrawFn) -> bytes:
+        data = bytearray(draw(valid))
+        for _ in range(draw(st.integers(1, 6))):
+            kind = draw(st.sampled_from(["flip", "set", "insert", "delete", "cut", "repeat"]))
+            at = draw(st.integers(0, max(len(data) - 1, 0)))
+            if kind == "flip" and data:
+                data[at] ^= 1 << draw(st.integers(0, 7))
+            elif kind == "set" and data:
+                data[at] = draw(st.sampled_from([0x00, 0xFF, 0xC1, 0xDD, 0xDF, 0xC7, 0xC9, 0xD8, 0x7F]))
+            elif kind == "insert":
+                data[at:at] = draw(st.binary(min_size=1, max_size=8))
+            elif kind == "delete" and data:
+                del data[at : at + draw(st.integers(1, 8))]
+            elif kind == "cut":
+                del data[at:]
+            elif kind == "repeat" and data:
+                chunk = data[at : at + draw(st.integers(1, 16))]
+                data[at:at] = chunk * draw(st.integers(1, 50))
+        return bytes(data)
+
+    return mutate()
+
+
+def decode_bounded(serializer: Any, data: bytes) -> None:
+    """Decode: only DeserializationError, no dangerous event, bounded time and memory."""
+    tracemalloc.start()
+    started = time.perf_counter()
+    try:
+        with audit_events() as events:
+            try:
+                load_state(serializer, data)
+            except DeserializationError:
+                pass
+    finally:
+        elapsed = time.perf_counter() - started
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert events == [], events
+    assert elapsed < SECONDS, f"{elapsed:.1f} s for {data[:60]!r}"
+    assert peak < PEAK_BYTES, f"{peak} bytes for {data[:60]!r}"
+    STATS["inputs"] += 1
+    STATS["slowest"] = max(STATS["slowest"], elapsed)
+    STATS["peak"] = max(STATS["peak"], peak)
+
+
+valid_msgpack = job_states().map(MSGPACK.dumps)
+
+
+@FUZZ
+@given(data=st.binary(max_size=512))
+def test_msgpack_state_random_bytes(data: bytes) -> None:
+    decode_bounded(MSGPACK, data)
+
+
+@FUZZ
+@given(data=mutations(valid_msgpack))
+def test_msgpack_state_mutated_payloads(data: bytes) -> None:
+    decode_bounded(MSGPACK, data)
+
+
+@FUZZ
+@given(data=st.one_of(st.binary(max_size=256), mutations(job_states().map(SIGNED.dumps))))
+def test_signed_payloads(data: bytes) -> None:
+    decode_bounded(SIGNED, data)
+
+
+def test_fuzz_figures_are_reported(capsys: Any) -> None:
+    """Prints what the runs above saw (``make fuzz`` shows it); fails if they saw nothing."""
+    assert STATS["inputs"] >= 3 * EXAMPLES * 0.9
+    with capsys.disabled():
+        print(
+            f"\nfuzz: {int(STATS['inputs'])} inputs, slowest {STATS['slowest'] * 1000:.1f} ms, "
+            f"peak {STATS['peak'] / 1024:.0f} KiB per input"
+        )
