@@ -13,9 +13,11 @@ from typing import Any
 
 from jobshelf import DeserializationError, SerializerSpec, format_name, resolve_serializer
 
-__all__ = ["CompressedSerializer", "ZlibMsgpack", "ZlibPickle"]
+__all__ = ["MAX_DECOMPRESSED", "CompressedSerializer", "ZlibMsgpack", "ZlibPickle"]
 
 _RAW, _ZLIB = b"\x00", b"\x01"
+#: The most a stored state may decompress to (a MongoDB document holds at most 16 MiB).
+MAX_DECOMPRESSED = 16 * 1024 * 1024
 
 
 class CompressedSerializer:
@@ -45,10 +47,15 @@ class CompressedSerializer:
     def loads(self, data: bytes, /) -> dict[str, Any]:
         flag, body = data[:1], data[1:]
         if flag == _ZLIB:
+            inflater = zlib.decompressobj()
             try:
-                body = zlib.decompress(body)
+                body = inflater.decompress(body, MAX_DECOMPRESSED)  # never more than the bound
             except zlib.error as exc:
                 raise DeserializationError(f"{self.format_name}: corrupt zlib data: {exc}") from exc
+            if inflater.unconsumed_tail:
+                raise DeserializationError(
+                    f"{self.format_name}: the data decompresses to more than {MAX_DECOMPRESSED} bytes"
+                )
         elif flag != _RAW:
             raise DeserializationError(f"{self.format_name}: unknown flag byte {flag!r}")
         return self.inner.loads(body)

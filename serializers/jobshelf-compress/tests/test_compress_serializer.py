@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import zlib
+
 import pytest
-from jobshelf_compress import CompressedSerializer, ZlibMsgpack
+from jobshelf_compress import MAX_DECOMPRESSED, CompressedSerializer, ZlibMsgpack
 
 from jobshelf import DeserializationError, MongoDBJobStore
 from jobshelf.testing import check_serializer, load_state, sample_state
@@ -37,3 +39,10 @@ def test_corrupt_data_is_refused() -> None:
         load_state(ZlibMsgpack(), b"\x01not zlib")
     with pytest.raises(DeserializationError, match="unknown flag"):
         load_state(ZlibMsgpack(), b"\x07")
+
+
+def test_a_decompression_bomb_is_refused_without_inflating_it() -> None:
+    bomb = b"\x01" + zlib.compress(b"\x00" * (MAX_DECOMPRESSED + 1), 9)
+    assert len(bomb) < 40_000
+    with pytest.raises(DeserializationError, match="decompresses to more than"):
+        load_state(ZlibMsgpack(), bomb)

@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import zoneinfo
 
 import pytest
 from apscheduler.triggers.cron import CronTrigger
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from jobshelf_json import JsonStateSerializer
 
 from jobshelf import MongoDBJobStore, resolve_serializer
@@ -61,3 +64,30 @@ def test_garbage_is_refused() -> None:
 
     with pytest.raises(DeserializationError):
         load_state(JsonStateSerializer(), b'{"$nosuchkind": 1}')
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    data=st.one_of(
+        st.binary(max_size=200),
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.text(max_size=8) | st.just({"$tuple": []}),
+            lambda inner: (
+                st.lists(inner, max_size=4)
+                | st.dictionaries(
+                    st.sampled_from(["$tuple", "$zoneinfo", "$trigger", "$map", "id", "$int"]),
+                    inner,
+                    max_size=3,
+                )
+            ),
+            max_leaves=20,
+        ).map(lambda value: json.dumps(value).encode()),
+        st.integers(1, 5000).map(lambda depth: b"[" * depth + b"]" * depth),
+    )
+)
+def test_decoding_fuzzed_input_raises_only_deserialization_error(data: bytes) -> None:
+    from jobshelf import DeserializationError
+    from jobshelf.testing import load_state
+
+    with contextlib.suppress(DeserializationError):  # anything else escaping fails the test
+        load_state(JsonStateSerializer(), data)
