@@ -17,20 +17,30 @@ def test_builtin_serializers_pass_the_kit(name: str) -> None:
 @pytest.mark.parametrize(
     ("serializer", "expected"),
     [
-        (lossy.TuplesToLists(), r"lost data: state\['(args|kwargs)'\].*expected tuple .*got list"),
+        (
+            lossy.TuplesToLists(),
+            r"lost data: state\['args'\]\[1\]: expected tuple \(2, \(3,\)\), got list .*'hard-tuples'",
+        ),
         (
             lossy.PytzToUtc(),
-            r"lost data: .*expected .*(US|Europe|America|Asia|Etc|Africa|Australia|Pacific|[A-Z]).*got",
+            r"lost data: state\['kwargs'\]\['when'\]: expected .*<DstTzInfo 'US/Eastern' EST-1 day, 19:00:00 STD>\), "
+            r"got .*timezone\.utc\).*'hard-pytz'",
         ),
-        (lossy.TruncatesMicroseconds(), r"lost data: .*expected datetime"),
+        (
+            lossy.TruncatesMicroseconds(),
+            r"lost data: state\['next_run_time'\]: expected datetime\.datetime\(2031, 3, 30, 1, 30, 15, 123456"
+            r".*'hard-tuples'",
+        ),
         (lossy.AcceptsAnything(), r"accepted kwargs\['value'\] = <unlocked _thread.lock"),
         (lossy.DecodesGarbage(), r"decoded garbage b''"),
     ],
     ids=["tuples-to-lists", "pytz-to-utc", "truncated-microseconds", "accepts-anything", "decodes-garbage"],
 )
 def test_kit_catches_lossy_serializers(serializer: object, expected: str) -> None:
-    with pytest.raises(AssertionError, match=expected):
-        check_serializer(serializer, max_examples=300)  # type: ignore[arg-type]
+    # Found before the random search: the same minimal case on every run, with one example or many.
+    for examples in (1, 300):
+        with pytest.raises(AssertionError, match=expected):
+            check_serializer(serializer, max_examples=examples)  # type: ignore[arg-type]
 
 
 def test_capabilities_narrow_what_is_generated() -> None:
@@ -38,5 +48,5 @@ def test_capabilities_narrow_what_is_generated() -> None:
     from jobshelf.testing import ALL_CAPABILITIES
 
     check_serializer(lossy.PytzToUtc(), capabilities=ALL_CAPABILITIES - {"pytz"}, max_examples=150)
-    with pytest.raises(AssertionError, match="lost data"):
-        check_serializer(lossy.PytzToUtc(), max_examples=300)
+    with pytest.raises(AssertionError, match=r"lost data.*'hard-pytz'"):
+        check_serializer(lossy.PytzToUtc(), max_examples=1)

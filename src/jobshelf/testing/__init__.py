@@ -27,6 +27,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from .._compare import state_difference
 from .._serializer import dump_state, load_state, sample_state
 from ._check import GARBAGE, check_serializer, fire_times, state_roundtrip_problem
+from ._hard import hard_states
 from .profiles import load_profile
 from .strategies import ALL_CAPABILITIES, job_states, triggers, values, zones
 
@@ -36,6 +37,7 @@ __all__ = [
     "check_serializer",
     "dump_state",
     "fire_times",
+    "hard_states",
     "job_states",
     "load_profile",
     "load_state",

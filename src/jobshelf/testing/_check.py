@@ -19,6 +19,7 @@ from .._compare import state_difference
 from .._exceptions import DeserializationError, SerializationError
 from .._resolve import resolve_serializer
 from .._serializer import SerializerSpec, dump_state, format_name, load_state, sample_state
+from ._hard import hard_states
 from .strategies import ALL_CAPABILITIES, job_states
 
 __all__ = ["GARBAGE", "check_serializer", "fire_times", "state_roundtrip_problem"]
@@ -106,7 +107,9 @@ def check_serializer(
 
     Checks, in order: each value in ``unsupported`` (default: a :class:`threading.Lock`) is
     refused with :class:`SerializationError` rather than stored lossily; each of :data:`GARBAGE`
-    is refused with :class:`DeserializationError`; and every generated state (all built-in
+    is refused with :class:`DeserializationError`; each known-hard state (:func:`hard_states`:
+    nested tuples, folds, years 1 and 9999, pytz DST variants, cron edge cases...) survives; and
+    every generated state (all built-in
     triggers, pytz and zoneinfo zones, aware datetimes in years 1..9999, paused jobs, nested
     arguments; narrowed to ``capabilities``) survives ``dumps``/``loads`` exactly (types, values, trigger
     ``__getstate__()``, next fire times).
@@ -142,6 +145,12 @@ def check_serializer(
             f"{name} decoded garbage {garbage[:40]!r} into {restored!r} instead of raising "
             "DeserializationError"
         )
+
+    # known-hard states first: a lossy serializer is caught the same way on every run
+    for state in hard_states(capabilities):
+        problem = state_roundtrip_problem(resolved, state)
+        if problem is not None:
+            raise AssertionError(f"{problem} (known-hard state {state['id']!r})")
 
     # job states are large by design: their generation is slow, not the code under test
     @hypothesis_settings(
