@@ -20,7 +20,7 @@ from ._exceptions import (
 from ._jobstate import job_to_state, state_to_job
 from ._marshal import StateMarshaller, TriggerCodec, register_trigger, registered_triggers, unregister_trigger
 from ._resolve import available_serializers, resolve_serializer
-from ._rows import QuarantinedJob
+from ._rows import MigrationResult, QuarantinedJob, StoredJob
 from ._serializer import Serializer, SerializerSpec, format_name
 from .memory import MemoryJobStore, MemoryStorage
 from .mongodb import MongoDBJobStore
@@ -34,6 +34,7 @@ __all__ = [
     "JobshelfError",
     "MemoryJobStore",
     "MemoryStorage",
+    "MigrationResult",
     "MissingDependencyError",
     "MongoDBJobStore",
     "MsgpackStateSerializer",
@@ -45,6 +46,7 @@ __all__ = [
     "SerializerSpec",
     "SignedSerializer",
     "StateMarshaller",
+    "StoredJob",
     "TriggerCodec",
     "UnacceptedFormatError",
     "UnsupportedValueError",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, NamedTuple
 
-__all__ = ["QuarantinedJob", "Row", "WriteRecord", "public_error_name"]
+__all__ = ["MigrationResult", "QuarantinedJob", "Row", "StoredJob", "WriteRecord", "public_error_name"]
 
 
 class Row(NamedTuple):
@@ -61,6 +61,37 @@ class QuarantinedJob(NamedTuple):
     at: dt.datetime | None
     next_run_time: dt.datetime | None
     size: int
+
+
+class StoredJob(NamedTuple):
+    """One stored job as it is, for operators' tools (nothing decoded).
+
+    :ivar id: the stored id
+    :ivar format: the format tag (``None``: untagged stock pickle; anything, if malformed)
+    :ivar next_run_time: the stored UTC timestamp (``None``: paused or quarantined)
+    :ivar data: the encoded state as stored
+    :ivar quarantine: the quarantine record, or ``None``
+    """
+
+    id: Any
+    format: Any
+    next_run_time: Any
+    data: Any
+    quarantine: dict[str, Any] | None
+
+
+class MigrationResult(NamedTuple):
+    """What :meth:`migrate_job` did to one job.
+
+    :ivar outcome: ``"migrated"``, ``"would migrate"`` (dry run), ``"already"`` (in the target
+        format), ``"quarantined"``, ``"undecodable"``, ``"unencodable"`` (the target format cannot
+        hold it), ``"changed"`` (rewritten by someone else on every try) or ``"missing"``;
+        every outcome but the first leaves the job exactly as it was
+    :ivar detail: why, for the outcomes that leave a job
+    """
+
+    outcome: str
+    detail: str = ""
 
 
 def public_error_name(exc: BaseException) -> str:

@@ -20,6 +20,7 @@ __all__ = [
     "STATE_KEYS",
     "Serializer",
     "SerializerSpec",
+    "decoding_runs_code",
     "dump_state",
     "format_name",
     "is_pickle_family",
@@ -54,6 +55,9 @@ class Serializer(Protocol):
         the state may carry the callable itself (lambdas, closures, ``__main__`` functions)
     ``text`` (bool)
         the bytes are UTF-8 text; a store may keep them as a string that database tools show
+    ``decoding_runs_code`` (bool)
+        ``loads`` may import or call what the data names (pickle does); tools such as
+        ``jobshelf inspect`` decode only formats that declare ``False``
     """
 
     def dumps(self, state: dict[str, Any], /) -> bytes:
@@ -94,6 +98,11 @@ def stores_callables_by_value(serializer: Any) -> bool:
     if declared is not None:
         return bool(declared)
     return getattr(serializer, "__name__", None) == "cloudpickle"
+
+
+def decoding_runs_code(serializer: Any) -> bool:
+    """True unless the serializer declares that decoding runs no code (``decoding_runs_code``)."""
+    return bool(getattr(serializer, "decoding_runs_code", True))
 
 
 def dump_state(serializer: Serializer, state: dict[str, Any]) -> bytes:

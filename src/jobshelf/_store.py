@@ -15,7 +15,7 @@ import pickle
 import random
 import sys
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from apscheduler.job import Job
@@ -27,7 +27,7 @@ from ._exceptions import DeserializationError, JobshelfError, SerializationError
 from ._jobstate import job_to_state, state_to_job
 from ._policy import CallablePolicy, validate_state
 from ._resolve import resolve_serializer
-from ._rows import QuarantinedJob, Row, WriteRecord, public_error_name
+from ._rows import MigrationResult, QuarantinedJob, Row, StoredJob, WriteRecord, public_error_name
 from ._serializer import (
     Serializer,
     SerializerSpec,
@@ -157,6 +157,11 @@ class StoreCore(BaseJobStore):  # type: ignore[misc]
     def allowed_callables(self) -> tuple[str, ...] | None:
         """The callable allow-list, or ``None`` when any callable is allowed."""
         return self._policy.patterns
+
+    def serializer_for(self, fmt: str | None) -> Serializer | None:
+        """The serializer this store reads format ``fmt`` with (``None``: untagged), if accepted."""
+        accepted = self._formats.get(UNTAGGED_FORMAT if fmt is None else fmt)
+        return accepted.serializer if accepted is not None else None
 
     def accepts(self, fmt: Any) -> bool:
         """True when rows tagged ``fmt`` (``None``: untagged) are decoded by this store."""
@@ -355,24 +360,79 @@ class StoreCore(BaseJobStore):  # type: ignore[misc]
         self._logger.info('Job "%s" restored from quarantine', job_id)
         return job
 
+    # ------------------------------------------------------------------------- operators' tools
+
+    def stored_jobs(self) -> Iterator[StoredJob]:
+        """Every stored job as it is stored, quarantined and foreign ones included, by id."""
+        return self._scan()
+
+    def decode_state(self, job_id: str) -> dict[str, Any]:
+        """The decoded, checked state of a stored job, without resolving its callable.
+
+        :raises JobLookupError: no such job
+        :raises DeserializationError: it cannot be decoded (nothing is quarantined)
+        """
+        row = self._fetch(job_id)
+        if row is None:
+            raise JobLookupError(job_id)
+        return self._decode_state(row)
+
+    def decode_stored(self, stored: StoredJob) -> dict[str, Any]:
+        """:meth:`decode_state` for a job already read with :meth:`stored_jobs`."""
+        return self._decode_state(Row(stored.id, stored.data, stored.format))
+
+    def migrate_job(self, job_id: str, target: SerializerSpec, *, dry_run: bool = False) -> MigrationResult:
+        """Rewrite one stored job in the ``target`` format, only if it is unchanged since it was read.
+
+        Decoding and encoding work on the state: the callable is not resolved, so nothing of the
+        application is imported. A job that changes meanwhile is read again (three tries); every
+        outcome but ``"migrated"`` leaves the job exactly as it was.
+        """
+        encoder = target if isinstance(target, _Format) else _Format(resolve_serializer(target))
+        for _ in range(3):
+            row = self._fetch(job_id)
+            if row is None:
+                return MigrationResult("missing", "no such job")
+            if row.quarantined:
+                return MigrationResult("quarantined", "restore or remove it first")
+            if (UNTAGGED_FORMAT if row.format is None else row.format) == encoder.name:
+                return MigrationResult("already")
+            try:
+                state = self._decode_state(row)
+            except Exception as exc:
+                return MigrationResult("undecodable", str(exc))
+            try:
+                record = self._encode_state(state, encoder)
+            except JobshelfError as exc:
+                return MigrationResult("unencodable", str(exc))
+            if dry_run:
+                return MigrationResult("would migrate")
+            if self._replace_unchanged(row, record):
+                return MigrationResult("migrated")
+        return MigrationResult("changed", "it was rewritten on every try (a scheduler is updating it)")
+
     # ------------------------------------------------------------------------- encoding
 
     def _encode(self, job: Job, target: _Format) -> WriteRecord:
         state = job_to_state(job, by_value=target.by_value, format_name=target.name)
-        self._policy.check_outgoing(state, job.id)
+        return self._encode_state(state, target)
+
+    def _encode_state(self, state: dict[str, Any], target: _Format) -> WriteRecord:
+        job_id = state["id"]
+        self._policy.check_outgoing(state, job_id)
         try:
             data = dump_state(target.serializer, state)
         except SerializationError as exc:
-            raise SerializationError(f"job {job.id!r} cannot be stored: {exc}") from exc
+            raise SerializationError(f"job {job_id!r} cannot be stored: {exc}") from exc
         if len(data) > self.max_state_bytes:
             raise SerializationError(
-                f"job {job.id!r} is {len(data)} bytes encoded in {target.name}, more than "
+                f"job {job_id!r} is {len(data)} bytes encoded in {target.name}, more than "
                 f"max_state_bytes={self.max_state_bytes}; nothing was written. Pass smaller arguments "
                 "(an id to look the data up), or raise max_state_bytes"
             )
         return WriteRecord(
-            job.id,
-            datetime_to_utc_timestamp(job.next_run_time),
+            job_id,
+            datetime_to_utc_timestamp(state["next_run_time"]),
             data.decode("utf-8") if target.text else data,
             target.name,
             _revisions.getrandbits(63),
@@ -417,6 +477,10 @@ class StoreCore(BaseJobStore):  # type: ignore[misc]
         return jobs
 
     def _decode(self, row: Row) -> Job:
+        return state_to_job(self._decode_state(row), self._scheduler, self._alias)
+
+    def _decode_state(self, row: Row) -> dict[str, Any]:
+        """Decode and check a row's state; its callable is not resolved (nothing imported)."""
         fmt = row.format
         if not _is_tag(fmt):
             raise DeserializationError(f"job {row.id!r} has a malformed format tag {_short(fmt)}")
@@ -446,7 +510,7 @@ class StoreCore(BaseJobStore):  # type: ignore[misc]
             raise DeserializationError(f"job {row.id!r} ({decoder.name}): {exc}") from exc
         validate_state(state, row.id, by_value=decoder.by_value)
         self._policy.check_state(state, row.id)
-        return state_to_job(state, self._scheduler, self._alias)
+        return state
 
     def _quarantine_row(self, row: Row, exc: BaseException, *, warn: bool = True) -> None:
         record = {
@@ -577,6 +641,14 @@ class StoreCore(BaseJobStore):  # type: ignore[misc]
 
     def _unquarantine(self, row: Row, next_run_time: float | None) -> bool:
         """Put an unchanged quarantined row back in the schedule; ``False`` when it changed."""
+        raise NotImplementedError
+
+    def _replace_unchanged(self, row: Row, record: WriteRecord) -> bool:
+        """Overwrite the row with ``record`` only if it is unchanged since it was read."""
+        raise NotImplementedError
+
+    def _scan(self) -> Iterator[StoredJob]:
+        """Every stored row as it is, by id."""
         raise NotImplementedError
 
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 import math
 import pickle
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from ._rows import Row, WriteRecord
+from ._rows import Row, StoredJob, WriteRecord
 from ._serializer import SerializerSpec
 from ._store import DEFAULT_MAX_STATE_BYTES, StoreCore
 
@@ -168,6 +168,21 @@ class MemoryJobStore(StoreCore):
             ]
         found.sort(key=lambda item: (str(item[1].get("at")), str(item[0].id)))
         return found
+
+    def _replace_unchanged(self, row: Row, record: WriteRecord) -> bool:
+        with self.storage.lock:
+            document = self.storage._documents.get(row.id)
+            if document is None or document.get("job_state") is not row.data:
+                return False
+            document.update(_document(record))
+            return True
+
+    def _scan(self) -> Iterator[StoredJob]:
+        for document in sorted(self.storage.documents(), key=lambda d: str(d["_id"])):
+            yield StoredJob(
+                document["_id"], document.get(_FORMAT), document.get("next_run_time"),
+                document.get("job_state"), document.get(_QUARANTINE),
+            )  # fmt: skip
 
     def _unquarantine(self, row: Row, next_run_time: float | None) -> bool:
         with self.storage.lock:

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import pickle
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from apscheduler.util import maybe_ref
 
 from ._exceptions import SerializationError
-from ._rows import Row, WriteRecord
+from ._rows import Row, StoredJob, WriteRecord
 from ._serializer import SerializerSpec
 from ._store import DEFAULT_MAX_STATE_BYTES, UNTAGGED_FORMAT, StoreCore
 
@@ -240,6 +240,20 @@ class MongoDBJobStore(StoreCore):
             record["next_run_time"] = earlier.get("next_run_time")
         update = {"$set": {QUARANTINE_FIELD: record}, "$unset": {"next_run_time": ""}}
         return self._update_unchanged(row.id, row.data, current.get(REVISION_FIELD), update)
+
+    def _replace_unchanged(self, row: Row, record: WriteRecord) -> bool:
+        document = _document(record)
+        del document["_id"]
+        return self._update_unchanged(row.id, row.data, row.revision, {"$set": document})
+
+    def _scan(self) -> Iterator[StoredJob]:
+        fields = ["next_run_time", "job_state", FORMAT_FIELD, QUARANTINE_FIELD]
+        for document in self.collection.find({}, fields, sort=[("_id", ASCENDING)]):
+            record = document.get(QUARANTINE_FIELD)
+            yield StoredJob(
+                document.get("_id"), document.get(FORMAT_FIELD), document.get("next_run_time"),
+                document.get("job_state"), record if isinstance(record, dict) or record is None else {},
+            )  # fmt: skip
 
     def _unquarantine(self, row: Row, next_run_time: float | None) -> bool:
         update = {"$set": {"next_run_time": next_run_time}, "$unset": {QUARANTINE_FIELD: ""}}

@@ -35,6 +35,7 @@ class JsonStateSerializer:
 
     format_name = "json"
     text = True  # the bytes are UTF-8 JSON: stores may keep them as a string
+    decoding_runs_code = False  # like msgpack-state: only known kinds are built
 
     def __init__(self, indent: int | None = None) -> None:
         self._marshaller = StateMarshaller(format_name="json")

@@ -22,7 +22,7 @@ from apscheduler.util import obj_to_ref
 
 from .._marshal import registered_triggers
 
-__all__ = ["restricted_loads"]
+__all__ = ["Unresolved", "restricted_loads"]
 
 _SAFE_GLOBALS = frozenset(
     (module, name)
@@ -78,10 +78,34 @@ def _guarded(cls: type, allows_reference: Callable[[str], bool]) -> type:
     return Guarded
 
 
+class Unresolved:
+    """Stands in, when a pickle is only being looked at, for a class or function it names but that is
+    not part of a job state: nothing is imported and nothing is called."""
+
+    __module_name__ = ""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.args = args
+        self.state: Any = None
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+    def __repr__(self) -> str:
+        shown = ", ".join(map(repr, self.args))
+        state = f" state={self.state!r}" if self.state is not None else ""
+        return f"<unresolved {self.__module_name__}.{type(self).__qualname__}({shown}){state}>"
+
+
+def _stub(module: str, name: str) -> type:
+    return type(name, (Unresolved,), {"__module_name__": module, "__qualname__": name})
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
-    def __init__(self, data: bytes, allows_global: Callable[[str, str], bool]) -> None:
+    def __init__(self, data: bytes, allows_global: Callable[[str, str], bool], lenient: bool = False) -> None:
         super().__init__(io.BytesIO(data))
         self._allows_global = allows_global
+        self._lenient = lenient
         self._guarded = {
             AndTrigger: _guarded(AndTrigger, self._allows_reference),
             OrTrigger: _guarded(OrTrigger, self._allows_reference),
@@ -105,14 +129,21 @@ class _RestrictedUnpickler(pickle.Unpickler):
             admitted = isinstance(found, type) and found.__module__.startswith("apscheduler.triggers.")
             if admitted and issubclass(found, BaseTrigger):
                 admitted = self._is_trigger_class(module, name)
+        if not admitted and self._lenient:
+            return _stub(module, name)
         if not admitted:
             raise pickle.UnpicklingError(
-                f"{module}.{name} is not part of a job state and not in allowed_callables"
+                f"{module}.{name} is not part of a job state and not allowed "
+                "(allowed_callables, or the CLI's --allow)"
             )
         found = super().find_class(module, name)
         return self._guarded.get(found, found)
 
 
-def restricted_loads(data: bytes, allows_global: Callable[[str, str], bool]) -> Any:
-    """Unpickle ``data`` admitting only job-state classes and what ``allows_global`` allows."""
-    return _RestrictedUnpickler(data, allows_global).load()
+def restricted_loads(data: bytes, allows_global: Callable[[str, str], bool], *, lenient: bool = False) -> Any:
+    """Unpickle ``data`` admitting only job-state classes and what ``allows_global`` allows.
+
+    With ``lenient`` (for looking, never for running), anything else becomes an
+    :class:`Unresolved` stand-in instead of an error.
+    """
+    return _RestrictedUnpickler(data, allows_global, lenient).load()

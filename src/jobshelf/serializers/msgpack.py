@@ -86,6 +86,7 @@ class MsgpackStateSerializer:
     format_name = "msgpack"
     pickle_family = False
     stores_callables_by_value = False
+    decoding_runs_code = False
 
     def __init__(self, *, triggers: Iterable[TriggerCodec] = ()) -> None:
         self._marshaller = StateMarshaller(triggers, "msgpack-state", _native_int)

@@ -42,6 +42,7 @@ class PickleSerializer:
     format_name = "pickle"
     pickle_family = True
     stores_callables_by_value = False
+    decoding_runs_code = True
 
     def __init__(self, protocol: int | None = pickle.HIGHEST_PROTOCOL) -> None:
         self.protocol = pickle_protocol(protocol)

@@ -19,7 +19,7 @@ from typing import Any
 
 from .._exceptions import DeserializationError, SerializationError, SerializerConfigError
 from .._resolve import resolve_serializer
-from .._serializer import SerializerSpec, format_name, stores_callables_by_value
+from .._serializer import SerializerSpec, decoding_runs_code, format_name, stores_callables_by_value
 
 __all__ = ["MIN_KEY_BYTES", "SignedSerializer"]
 
@@ -54,6 +54,7 @@ class SignedSerializer:
         self.inner = resolve_serializer(inner)
         self.format_name = f"signed+{format_name(self.inner)}"
         self.stores_callables_by_value = stores_callables_by_value(self.inner)
+        self.decoding_runs_code = decoding_runs_code(self.inner)  # after the signature verifies
         self.text = False
         self._label = self.format_name.encode("utf-8")
 
@@ -82,6 +83,17 @@ class SignedSerializer:
 
         :raises DeserializationError: unsigned, truncated, tampered, or signed with an unknown key
         """
+        job_id, payload = self.verified_payload(data)
+        state = self.inner.loads(payload)
+        if not isinstance(state, dict) or state.get("id") != job_id:
+            raise DeserializationError(f"{self.format_name}: the signed id does not match the state's id")
+        return state
+
+    def verified_payload(self, data: bytes, /) -> tuple[str, bytes]:
+        """The signed job id and the inner serializer's bytes, once the signature verifies.
+
+        :raises DeserializationError: as :meth:`loads`
+        """
         if data[:1] != _VERSION or len(data) < 1 + _ID_LENGTH.size:
             raise DeserializationError(f"{self.format_name}: the data is not signed (or is truncated)")
         (id_length,) = _ID_LENGTH.unpack_from(data, 1)
@@ -100,10 +112,7 @@ class SignedSerializer:
                 f"{len(self._keys)} configured key(s): the job was changed or written without the key; "
                 "it was not decoded"
             )
-        state = self.inner.loads(payload)
-        if not isinstance(state, dict) or state.get("id") != job_id.decode("utf-8", "replace"):
-            raise DeserializationError(f"{self.format_name}: the signed id does not match the state's id")
-        return state
+        return job_id.decode("utf-8", "replace"), payload
 
     def __repr__(self) -> str:
         return f"SignedSerializer({self.inner!r}, keys=<{len(self._keys)} key(s)>)"
