@@ -211,7 +211,7 @@ def test_inspect_does_not_run_a_forged_pickle(
 
 
 @pytest.mark.parametrize(
-    ("args", "code", "message"),
+    "case",
     [
         (
             ["list", "--uri", "mongodb://127.0.0.1:9", "--timeout", "0.3"],
@@ -231,8 +231,9 @@ def test_inspect_does_not_run_a_forged_pickle(
     ],
 )
 def test_bad_input_gets_one_clear_line(
-    mongodb_uri: str, mongo_client: Any, database: str, args: list[str], code: int, message: str
+    mongodb_uri: str, mongo_client: Any, database: str, case: tuple[list[str], int, str]
 ) -> None:
+    args, code, message = case
     fill_with_the_stock_store(mongo_client, database, 2)
     before = list(mongo_client[database].jobs.find())
     result = run(mongodb_uri, database, *args, check=False)
