@@ -16,6 +16,8 @@ class Row(NamedTuple):
     :ivar format: the stored format tag; ``None`` for an untagged (stock) document
     :ivar revision: the write token jobshelf sets on every write; ``None`` if absent
     :ivar quarantined: the job is quarantined (out of the schedule)
+    :ivar due_at: a fire time to hand to the scheduler instead of the state's next run time (a
+        shared store's abandoned fire time, UTC timestamp)
     """
 
     id: Any
@@ -23,6 +25,7 @@ class Row(NamedTuple):
     format: Any = None
     revision: Any = None
     quarantined: bool = False
+    due_at: float | None = None
 
 
 class WriteRecord(NamedTuple):

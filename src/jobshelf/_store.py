@@ -277,7 +277,7 @@ class StoreCore(BaseJobStore):  # type: ignore[misc]
         :raises JobLookupError: no such job (outside the loop)
         :raises SerializationError: the job cannot be encoded; nothing was written (outside the loop)
         """
-        in_loop = getattr(self._loop, "active", False)
+        in_loop = self._in_loop()
         try:
             record = self._encode_for_update(job)
         except JobshelfError as exc:
@@ -309,7 +309,7 @@ class StoreCore(BaseJobStore):  # type: ignore[misc]
             self._keep_pending(job_id, None, exc)
             return
         if not deleted:
-            if getattr(self._loop, "active", False):
+            if self._in_loop():
                 self._logger.info('Job "%s" was removed already', job_id)
                 return
             raise JobLookupError(job_id)
@@ -471,9 +471,13 @@ class StoreCore(BaseJobStore):  # type: ignore[misc]
             if _is_tag(fmt) and (UNTAGGED_FORMAT if fmt is None else fmt) not in formats:
                 continue  # a malformed tag is not skipped: decoding quarantines it
             try:
-                jobs.append(self._decode(row))
+                job = self._decode(row)
             except Exception as exc:
                 self._quarantine_row(row, exc)
+                continue
+            if row.due_at is not None:
+                job.next_run_time = utc_timestamp_to_datetime(row.due_at)
+            jobs.append(job)
         return jobs
 
     def _decode(self, row: Row) -> Job:
@@ -584,6 +588,10 @@ class StoreCore(BaseJobStore):  # type: ignore[misc]
 
     def _where(self) -> str:
         return type(self).__name__
+
+    def _in_loop(self) -> bool:
+        """True while APScheduler's loop, on this thread, processes this store's due jobs."""
+        return bool(getattr(self._loop, "active", False))
 
     # ------------------------------------------------------------------------- adapter primitives
 

@@ -7,6 +7,7 @@ decoding, quarantine decisions, the allow-list, outages) is the store core's
 
 from __future__ import annotations
 
+import math
 import pickle
 import warnings
 from collections.abc import Iterable, Iterator
@@ -15,6 +16,7 @@ from typing import Any
 from apscheduler.util import maybe_ref
 
 from ._exceptions import SerializationError
+from ._leases import DONE_EVENTS, LEASE_FIELD, Leases, Watcher
 from ._rows import Row, StoredJob, WriteRecord
 from ._serializer import SerializerSpec
 from ._store import DEFAULT_MAX_STATE_BYTES, UNTAGGED_FORMAT, StoreCore
@@ -40,6 +42,8 @@ _SORT = [("next_run_time", ASCENDING), ("_id", ASCENDING)]
 # the state, when a job has to be quarantined.
 _READ_PROJECTION = ["job_state", FORMAT_FIELD, QUARANTINE_FIELD]
 _QUARANTINE_PROJECTION = ["job_state", FORMAT_FIELD, REVISION_FIELD, QUARANTINE_FIELD]
+# Shared mode: a finished job waiting for its last run to be reported, then deleted.
+_NOT_FINISHING = {f"{LEASE_FIELD}.remove": {"$ne": True}}
 # Every numeric next_run_time (a range only matches numbers: malformed values never come back).
 _SCHEDULED = {"next_run_time": {"$lte": float("inf")}}
 
@@ -82,6 +86,11 @@ class MongoDBJobStore(StoreCore):
         (cloudpickle's lambdas and closures), which no allow-list can check before unpickling
     :param max_state_bytes: the largest encoded job state written (larger: ``SerializationError``)
         or decoded (larger: quarantined unread); default: what fits in a MongoDB document
+    :param shared: several scheduler processes share this collection and each fire time runs once:
+        due jobs are claimed with leases on their documents (see the README's "Shared scheduling")
+    :param lease: seconds a claim lasts without renewal (shared mode; renewed while a job runs)
+    :param recheck: seconds between checks for jobs added by other processes, where the server has
+        no change streams (shared mode)
     """
 
     _transient_errors = (ConnectionFailure,)
@@ -98,6 +107,9 @@ class MongoDBJobStore(StoreCore):
         allowed_callables: Iterable[str] | None = None,
         allow_by_value: bool = False,
         max_state_bytes: int = DEFAULT_MAX_STATE_BYTES,
+        shared: bool = False,
+        lease: float = 30,
+        recheck: float = 1.0,
         **connect_args: Any,
     ) -> None:
         if not database:
@@ -121,6 +133,24 @@ class MongoDBJobStore(StoreCore):
             connect_args.setdefault("w", 1)
             self.client = MongoClient(**connect_args)
         self.collection = self.client[database][collection]
+        self.shared = bool(shared)
+        self._leases = Leases(self.collection, lease) if self.shared else None
+        if self.shared and not (isinstance(recheck, (int, float)) and recheck > 0):
+            raise ValueError(f"recheck must be a positive number of seconds, got {recheck!r}")
+        self._recheck = float(recheck)
+        self._watcher: Watcher | None = None
+        self._planned = math.inf  # the wake-up time last given to the scheduler (shared mode)
+
+    def start(self, scheduler: Any, alias: str) -> None:
+        """Create the index, check the formats and, in shared mode, start watching for changes."""
+        super().start(scheduler, alias)
+        if self._leases is not None:
+            scheduler.add_listener(self._leases.on_event, DONE_EVENTS)
+            self._watcher = Watcher(self._leases, scheduler.wakeup, lambda: self._planned, self._recheck,
+                                    self.collection.full_name)  # fmt: skip
+            self._watcher.start()
+            self._logger.info("%s: shared mode, holder %s, lease %ss", self._where(),
+                              self._leases.holder, self._leases.lease)  # fmt: skip
 
     @property
     def connection(self) -> Any:
@@ -131,8 +161,16 @@ class MongoDBJobStore(StoreCore):
         )
         return self.client
 
+    @property
+    def wakeup_mode(self) -> str | None:
+        """Shared mode: ``"change stream"`` or ``"re-check"`` (how other processes' jobs are noticed)."""
+        return self._watcher.mode if self._watcher is not None else None
+
     def shutdown(self) -> None:
-        """Close the MongoClient if this store created it."""
+        """Stop watching (shared mode); close the MongoClient if this store created it."""
+        if self._watcher is not None:
+            self._watcher.stop()
+            self._watcher.join(5)
         if self._owns_client:
             self.client.close()
 
@@ -148,17 +186,45 @@ class MongoDBJobStore(StoreCore):
         self.collection.create_index("next_run_time", sparse=True)
 
     def _fetch(self, job_id: str) -> Row | None:
-        document = self.collection.find_one({"_id": job_id}, _QUARANTINE_PROJECTION)
+        conditions: dict[str, Any] = {"_id": job_id}
+        if self.shared:
+            conditions.update(_NOT_FINISHING)
+        document = self.collection.find_one(conditions, _QUARANTINE_PROJECTION)
         return _row(document) if document is not None else None
 
     def _fetch_due(self, timestamp: float) -> Iterable[Row]:
+        if self._leases is not None:
+            return self._claim_due(self._leases, timestamp)
         documents = self.collection.find({"next_run_time": {"$lte": timestamp}}, _READ_PROJECTION, sort=_SORT)
         return map(_row, documents)
 
+    def _claim_due(self, leases: Leases, timestamp: float) -> list[Row]:
+        abandoned, due = leases.claim(self._claimable(), timestamp)
+        rows = []
+        fields = [*_READ_PROJECTION, "next_run_time", LEASE_FIELD]
+        claimed = {f"{LEASE_FIELD}.token": {"$in": [abandoned, due]}}
+        for document in self.collection.find(claimed, fields, sort=_SORT):
+            lease = document.get(LEASE_FIELD) or {}
+            pending = lease.get("pending") if lease.get("token") == abandoned else None
+            due_at = float(pending) if isinstance(pending, (int, float)) else None
+            fire_time = due_at if due_at is not None else document.get("next_run_time")
+            if isinstance(fire_time, (int, float)):
+                leases.remember(document["_id"], float(fire_time))
+            rows.append(_row(document)._replace(due_at=due_at))
+        return rows
+
+    def _claimable(self) -> dict[str, Any]:
+        return {QUARANTINE_FIELD: {"$exists": False}, **self._accepted_filter()}
+
     def _fetch_all(self) -> Iterable[Row]:
-        return map(_row, self.collection.find({}, _READ_PROJECTION, sort=_SORT))
+        conditions = _NOT_FINISHING if self.shared else {}
+        return map(_row, self.collection.find(conditions, _READ_PROJECTION, sort=_SORT))
 
     def _next_timestamp(self) -> float | None:
+        if self._leases is not None:
+            times = self._leases.next_times(self._claimable())
+            self._planned = min(times, default=math.inf)
+            return min(times) if times else None
         projection = ["next_run_time", FORMAT_FIELD]
         sort = [("next_run_time", ASCENDING)]
         document = self.collection.find_one(_SCHEDULED, projection, sort=sort)
@@ -213,16 +279,68 @@ class MongoDBJobStore(StoreCore):
     def _replace(self, record: WriteRecord) -> bool:
         document = _document(record)
         del document["_id"]
+        condition: dict[str, Any] = {"_id": record.id}
+        update: dict[str, Any] = {"$set": document, "$unset": {QUARANTINE_FIELD: ""}}
+        leases, mode = self._leases, self._write_mode(record.id)
+        if leases is not None:
+            if mode in {"app", "done"}:  # an application's change, or a run already over: release
+                update["$unset"][LEASE_FIELD] = ""
+            if mode in {"done", "keep"}:  # the holder, after submitting: only while it holds the lease
+                condition = leases.held(record.id)
+            if mode == "keep":
+                document.update(leases.keep_fields(record.id))
         try:
-            result = self.collection.update_one(
-                {"_id": record.id}, {"$set": document, "$unset": {QUARANTINE_FIELD: ""}}
-            )
+            matched = bool(self.collection.update_one(condition, update).matched_count)
         except DocumentTooLarge as exc:
+            self._finish_write(record.id, mode, written=False)
             raise _too_large(record, exc) from exc
-        return bool(result.matched_count)
+        except BaseException:
+            self._finish_write(record.id, mode, written=False)
+            raise
+        self._finish_write(record.id, mode, written=matched)
+        if not matched and mode in {"done", "keep"}:
+            return self._lease_lost(record.id)
+        return matched
 
     def _delete(self, job_id: str) -> bool:
+        leases, mode = self._leases, self._write_mode(job_id)
+        if leases is not None and mode == "keep":  # finished: deleted once its last run is done
+            finishing = {"next_run_time": None, f"{LEASE_FIELD}.remove": True, **leases.keep_fields(job_id)}
+            try:
+                written = bool(
+                    self.collection.update_one(leases.held(job_id), {"$set": finishing}).matched_count
+                )
+            except BaseException:
+                self._finish_write(job_id, mode, written=False)
+                raise
+            self._finish_write(job_id, mode, written=written)
+            return written or self._lease_lost(job_id)
         return bool(self.collection.delete_one({"_id": job_id}).deleted_count)
+
+    def _lease_lost(self, job_id: Any) -> bool:
+        """A holder's write matched nothing: the job is gone (``False``), or another process holds
+        it now (``True``: nothing to report to APScheduler, the other holder's state stands)."""
+        if self.collection.find_one({"_id": job_id}, ["_id"]) is None:
+            return False
+        self._logger.warning(
+            'Job "%s": this process no longer holds its lease (held past lease=%ss, or changed by the '
+            "application meanwhile); the write was skipped and the current holder's stands",
+            job_id, self._leases.lease if self._leases else None,
+        )  # fmt: skip
+        return True
+
+    def _write_mode(self, job_id: Any) -> str:
+        """``"plain"`` (not shared), or the lease protocol's ``"app"``, ``"done"`` or ``"keep"``."""
+        if self._leases is None:
+            return "plain"
+        if not self._in_loop():
+            self._leases.forget(job_id)
+            return "app"
+        return self._leases.begin_write(job_id)
+
+    def _finish_write(self, job_id: Any, mode: str, *, written: bool) -> None:
+        if self._leases is not None and mode == "keep" and self._leases.end_write(job_id, written):
+            self._leases.release(job_id)  # the run ended while the write was under way
 
     def _delete_all(self) -> None:
         self.collection.delete_many({QUARANTINE_FIELD: {"$exists": False}, **self._accepted_filter()})

@@ -1,0 +1,300 @@
+"""Shared mode for the MongoDB adapter: claims and leases on the job documents, and wake-ups.
+
+Several scheduler processes share one collection; each fire time runs once:
+
+- ``get_due_jobs`` claims due jobs with one conditional ``update_many`` (a lease naming this store
+  instance, until a time) and reads back exactly what it claimed with one ``find``;
+- the holder's ``update_job`` writes the next state and keeps the lease, marked with the fire time
+  it submitted (``pending``), until the execution event arrives: then the lease is released. A
+  holder that dies leaves an expired lease: another process claims the job and runs that fire time
+  (at-least-once; see the README's "Shared scheduling");
+- a heartbeat renews the leases of jobs still running, so a long job keeps its lease;
+- a change stream wakes the scheduler (``wakeup()``) when another process makes a job due earlier
+  than this one planned to wake; without change streams, a bounded re-check interval does.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED
+from pymongo.errors import PyMongoError
+
+__all__ = ["LEASE_FIELD", "Leases", "holder_id"]
+
+LEASE_FIELD = "lease"
+#: The events after which a submitted fire time is done (run, failed, missed or skipped).
+DONE_EVENTS = EVENT_JOB_EXECUTED | EVENT_JOB_ERROR | EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES
+
+logger = logging.getLogger("jobshelf.shared")
+
+
+def holder_id() -> str:
+    """``host:pid:random``: unique per store instance, readable by operators."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+class Leases:
+    """The lease bookkeeping of one shared store instance (MongoDB filters and updates).
+
+    :param collection: the jobs collection
+    :param lease: seconds a claim lasts without renewal
+    """
+
+    def __init__(self, collection: Any, lease: float) -> None:
+        if not (isinstance(lease, (int, float)) and lease > 0 and math.isfinite(lease)):
+            raise ValueError(f"lease must be a positive number of seconds, got {lease!r}")
+        self.collection = collection
+        self.lease = float(lease)
+        self.holder = holder_id()
+        self._lock = threading.Lock()
+        #: job id -> the fire time (UTC timestamp) this instance claimed it for
+        self._claimed: dict[Any, float] = {}
+        #: job id -> [phase ("writing", "pending" or "done"), the fire time submitted]
+        self._phase: dict[Any, list[Any]] = {}
+        #: job id -> the latest fire time reported done before the loop wrote the job back
+        self._done_early: dict[Any, float] = {}
+
+    # ------------------------------------------------------------------------- claiming
+
+    def claim(self, conditions: dict[str, Any], timestamp: float) -> tuple[int, int]:
+        """Claim, in two updates, the abandoned jobs (a holder's lease expired while a fire time it
+        submitted was pending: that fire time runs again here) and then the due, free ones.
+
+        Returns the two claims' tokens: ``(abandoned, due)``.
+        """
+        now = time.time()
+        abandoned_token, due_token = secrets.randbits(62), secrets.randbits(62)
+        abandoned = {f"{LEASE_FIELD}.until": {"$lt": now}, f"{LEASE_FIELD}.pending": {"$exists": True}}
+        self.collection.update_many({**conditions, **abandoned}, self._lease_update(now, abandoned_token))
+        free = {
+            "$or": [
+                {LEASE_FIELD: {"$exists": False}},
+                {f"{LEASE_FIELD}.until": {"$lt": now}, f"{LEASE_FIELD}.pending": {"$exists": False}},
+                # this instance's own lease: a job due again while its previous run goes on
+                {f"{LEASE_FIELD}.holder": self.holder, f"{LEASE_FIELD}.token": {"$ne": abandoned_token}},
+            ]
+        }
+        due = {"next_run_time": {"$lte": timestamp}}
+        self.collection.update_many({**conditions, **due, **free}, self._lease_update(now, due_token))
+        return abandoned_token, due_token
+
+    def _lease_update(self, now: float, token: int) -> dict[str, Any]:
+        return {
+            "$set": {
+                f"{LEASE_FIELD}.holder": self.holder,
+                f"{LEASE_FIELD}.until": now + self.lease,
+                f"{LEASE_FIELD}.token": token,
+            }
+        }
+
+    def remember(self, job_id: Any, fire_time: float) -> None:
+        """The fire time this instance hands to the scheduler for ``job_id``."""
+        with self._lock:
+            self._claimed[job_id] = fire_time
+
+    # ------------------------------------------------------------------------- the holder's writes
+    # Per claimed job: the loop's write (update or remove) and the execution's "done" event race
+    # each other; the lease is released only after both, whichever comes first:
+    #   begin_write -> "keep": write the lease's pending fire time -> end_write -> event releases
+    #   event during the write -> end_write tells the writer to release
+    #   event before the write -> begin_write says "done": the write itself releases
+
+    def held(self, job_id: Any) -> dict[str, Any]:
+        """The filter for ``job_id`` while this instance holds its lease."""
+        return {"_id": job_id, f"{LEASE_FIELD}.holder": self.holder}
+
+    def begin_write(self, job_id: Any) -> str:
+        """How to write ``job_id`` now: ``"app"`` (not claimed here: an application's change, which
+        releases any lease), ``"done"`` (its run is over: write and release) or ``"keep"`` (write,
+        keeping the lease with :meth:`keep_fields` until the run is done)."""
+        with self._lock:
+            fire_time = self._claimed.pop(job_id, None)
+            if fire_time is None:
+                return "app"
+            done = self._done_early.pop(job_id, None)
+            if done is not None and done >= fire_time - 1e-6:
+                return "done"
+            self._phase[job_id] = ["writing", fire_time]
+            return "keep"
+
+    def keep_fields(self, job_id: Any) -> dict[str, Any]:
+        with self._lock:
+            fire_time = self._phase[job_id][1]
+        return {f"{LEASE_FIELD}.pending": fire_time, f"{LEASE_FIELD}.until": time.time() + self.lease}
+
+    def end_write(self, job_id: Any, written: bool) -> bool:
+        """After a ``"keep"`` write: ``True`` when the run finished meanwhile and the writer must
+        release the lease now."""
+        with self._lock:
+            phase = self._phase.get(job_id)
+            if phase is None:
+                return False
+            if not written or phase[0] == "done":
+                del self._phase[job_id]
+                return written
+            phase[0] = "pending"
+            return False
+
+    def on_event(self, event: Any) -> None:
+        """A scheduler listener: a submitted fire time is done (run, failed, missed or skipped)."""
+        run_time = getattr(event, "scheduled_run_time", None)
+        run_times = getattr(event, "scheduled_run_times", None) or ([run_time] if run_time else [])
+        if not run_times:
+            return
+        latest = max(t.timestamp() for t in run_times)
+        with self._lock:
+            phase = self._phase.get(event.job_id)
+            if phase is None:
+                if len(self._done_early) > 10_000:  # events for jobs never written back
+                    self._done_early.clear()
+                self._done_early[event.job_id] = latest
+                return
+            if latest < phase[1] - 1e-6:
+                return
+            if phase[0] == "writing":
+                phase[0] = "done"  # the writer releases once its write is in
+                return
+            del self._phase[event.job_id]
+        self.release(event.job_id)
+
+    def release(self, job_id: Any) -> None:
+        """Drop this instance's lease on ``job_id``; delete the job if it was finished."""
+        try:
+            if not self.collection.delete_one(
+                {**self.held(job_id), f"{LEASE_FIELD}.remove": True}
+            ).deleted_count:
+                self.collection.update_one(self.held(job_id), {"$unset": {LEASE_FIELD: ""}})
+        except PyMongoError as exc:  # the lease expires by itself; another process then re-runs it
+            logger.warning('Could not release the lease of job "%s" (%s); it expires in %ss',
+                           job_id, exc, self.lease)  # fmt: skip
+
+    def renew(self) -> None:
+        """Extend the leases of jobs still running here."""
+        with self._lock:
+            running = list(self._phase)
+        if running:
+            self.collection.update_many(
+                {"_id": {"$in": running}, f"{LEASE_FIELD}.holder": self.holder},
+                {"$set": {f"{LEASE_FIELD}.until": time.time() + self.lease}},
+            )
+
+    def forget(self, job_id: Any) -> None:
+        with self._lock:
+            self._claimed.pop(job_id, None)
+            self._phase.pop(job_id, None)
+            self._done_early.pop(job_id, None)
+
+    # ------------------------------------------------------------------------- waking up
+
+    def next_times(self, conditions: dict[str, Any]) -> list[float]:
+        """When this instance should look again: the earliest free job, the earliest expiry of
+        another instance's lease, and now if an abandoned fire time waits."""
+        now = time.time()
+        free = {"$or": [{LEASE_FIELD: {"$exists": False}}, {f"{LEASE_FIELD}.until": {"$lt": now}}]}
+        scheduled = {"next_run_time": {"$lte": math.inf}}
+        times = []
+        document = self.collection.find_one(
+            {**conditions, **scheduled, **free}, ["next_run_time"], sort=[("next_run_time", 1)]
+        )
+        if document is not None:
+            times.append(float(document["next_run_time"]))
+        others = {f"{LEASE_FIELD}.until": {"$gte": now}, f"{LEASE_FIELD}.holder": {"$ne": self.holder}}
+        leased = self.collection.find_one(
+            {**conditions, **others}, [LEASE_FIELD], sort=[(f"{LEASE_FIELD}.until", 1)]
+        )
+        if leased is not None:
+            times.append(float(leased[LEASE_FIELD]["until"]))
+        abandoned = {f"{LEASE_FIELD}.until": {"$lt": now}, f"{LEASE_FIELD}.pending": {"$exists": True}}
+        if self.collection.find_one({**conditions, **abandoned}, ["_id"]) is not None:
+            times.append(now)
+        return times
+
+
+class Watcher(threading.Thread):
+    """Wakes the scheduler when another process makes a job due sooner; renews running leases.
+
+    Uses a change stream where the server offers one, else re-checks every ``recheck`` seconds.
+    """
+
+    def __init__(self, leases: Leases, wakeup: Callable[[], None], planned: Callable[[], float],
+                 recheck: float, where: str) -> None:  # fmt: skip
+        super().__init__(name=f"jobshelf-watch-{where}", daemon=True)
+        self._leases = leases
+        self._wakeup_scheduler = wakeup
+        self._planned = planned
+        self._recheck = recheck
+        self._where = where
+        self._halt = threading.Event()
+        self.mode = "starting"
+
+    def stop(self) -> None:
+        self._halt.set()
+
+    def _wakeup(self) -> None:
+        try:
+            self._wakeup_scheduler()
+        except Exception as exc:  # a scheduler not started (or shutting down) has nothing to wake
+            logger.debug("%s: could not wake the scheduler: %s", self._where, exc)
+
+    def run(self) -> None:
+        renew_every = self._leases.lease / 3
+        next_renewal = time.monotonic() + renew_every
+        stream = self._open_stream()
+        next_recheck = time.monotonic() + self._recheck
+        while not self._halt.is_set():
+            try:
+                if stream is not None:
+                    change = stream.try_next()
+                    if change is not None:
+                        self._consider(change)
+                        continue
+                    self._halt.wait(0.2)  # some servers answer at once instead of waiting
+                else:
+                    self._halt.wait(min(self._recheck, renew_every))
+                    if time.monotonic() >= next_recheck:
+                        next_recheck = time.monotonic() + self._recheck
+                        self._wakeup()
+                if time.monotonic() >= next_renewal:
+                    next_renewal = time.monotonic() + renew_every
+                    self._leases.renew()
+            except PyMongoError as exc:
+                logger.warning("%s: watching for changes failed (%s); retrying", self._where, exc)
+                if stream is not None:
+                    stream.close()
+                self._halt.wait(1)
+                self._wakeup()  # a change may have been missed meanwhile
+                stream = self._open_stream()
+        if stream is not None:
+            stream.close()
+
+    def _open_stream(self) -> Any:
+        pipeline = [{"$match": {"operationType": {"$in": ["insert", "update", "replace"]}}}]
+        try:
+            stream = self._leases.collection.watch(pipeline, max_await_time_ms=1000)
+        except PyMongoError as exc:
+            if self.mode != "re-check":
+                logger.info("%s: change streams are not available (%s); re-checking every %ss instead",
+                            self._where, exc, self._recheck)  # fmt: skip
+            self.mode = "re-check"
+            return None
+        if self.mode != "change stream":
+            logger.info("%s: waking schedulers with a change stream", self._where)
+        self.mode = "change stream"
+        return stream
+
+    def _consider(self, change: dict[str, Any]) -> None:
+        fields = (
+            (change.get("updateDescription") or {}).get("updatedFields") or change.get("fullDocument") or {}
+        )
+        next_run_time = fields.get("next_run_time")
+        if isinstance(next_run_time, (int, float)) and next_run_time < self._planned():
+            self._wakeup()

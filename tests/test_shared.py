@@ -1,0 +1,287 @@
+"""Shared mode: several schedulers on one store, each fire time once (issue 11).
+
+In-process tests check the claims and leases on the store's API; the integration tests run real
+scheduler processes (tests/shared_worker.py) against the embedded server.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+from pymongo import ASCENDING, MongoClient
+
+from jobshelf import MongoDBJobStore
+from jobshelf.mongodb import FORMAT_FIELD
+
+from .helpers import UTC, make_job
+from .shared_worker import work
+
+T0 = dt.datetime(2030, 1, 1, tzinfo=UTC)
+
+
+@pytest.fixture
+def shared(mongo_client: MongoClient[Any], database: str) -> Iterator[Any]:
+    """Shared stores on one collection, each started with a scheduler of its own (not running)."""
+    made: list[MongoDBJobStore] = []
+
+    def factory(**options: Any) -> MongoDBJobStore:
+        store = MongoDBJobStore(database=database, client=mongo_client, shared=True, **options)
+        store.start(BackgroundScheduler(timezone=UTC), "default")
+        made.append(store)
+        return store
+
+    yield factory
+    for store in made:
+        store.shutdown()
+
+
+def add_due(store: MongoDBJobStore, count: int, when: dt.datetime = T0) -> None:
+    scheduler = BackgroundScheduler(timezone=UTC)
+    for index in range(count):
+        store.add_job(make_job(scheduler, f"j{index:03}", next_run_time=when))
+
+
+def test_claims_are_exclusive(shared: Any) -> None:
+    stores = [shared() for _ in range(4)]
+    add_due(stores[0], 60)
+    results: list[list[str]] = [[] for _ in stores]
+    barrier = threading.Barrier(len(stores))
+
+    def claim(index: int) -> None:
+        barrier.wait(5)
+        results[index] = [job.id for job in stores[index].get_due_jobs(T0)]
+
+    threads = [threading.Thread(target=claim, args=(index,)) for index in range(len(stores))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    claimed = [job_id for result in results for job_id in result]
+    assert sorted(claimed) == [f"j{index:03}" for index in range(60)]  # each exactly once
+    assert shared().get_due_jobs(T0) == []  # held: no other store gets them
+
+
+def test_another_holders_lease_counts_from_its_expiry(shared: Any) -> None:
+    holder, other = shared(lease=30), shared(lease=30)
+    add_due(holder, 3)
+    assert len(holder.get_due_jobs(T0)) == 3
+    started = dt.datetime.now(UTC)
+    next_time = other.get_next_run_time()
+    assert next_time is not None and next_time > started + dt.timedelta(seconds=25)  # not T0: no spinning
+
+
+def test_a_dead_holders_jobs_are_claimed_after_its_lease(shared: Any) -> None:
+    holder, survivor = shared(lease=0.5), shared(lease=0.5)
+    add_due(holder, 5)
+    assert len(holder.get_due_jobs(T0)) == 5  # and then the holder "dies": it never updates them
+    assert survivor.get_due_jobs(T0) == []
+    time.sleep(0.6)
+    taken = survivor.get_due_jobs(T0)
+    assert sorted(job.id for job in taken) == [f"j{index:03}" for index in range(5)]
+    assert all(job.next_run_time == T0 for job in taken)  # their fire time is run, not skipped
+
+
+def test_the_application_changing_a_job_releases_its_lease(shared: Any) -> None:
+    holder, app = shared(lease=30), shared(lease=30)
+    add_due(holder, 1)
+    assert [job.id for job in holder.get_due_jobs(T0)] == ["j000"]
+    moved = make_job(BackgroundScheduler(timezone=UTC), "j000", next_run_time=T0 + dt.timedelta(minutes=1))
+    app.update_job(moved)  # modify_job / reschedule from any process
+    assert app.collection.find_one({"_id": "j000"}, ["lease"]).get("lease") is None
+    assert [job.id for job in app.get_due_jobs(T0 + dt.timedelta(minutes=1))] == ["j000"]
+
+
+def test_everything_else_works_in_shared_mode(
+    shared: Any, mongo_client: MongoClient[Any], database: str
+) -> None:
+    store, other = shared(), shared()
+    add_due(store, 3)
+    mongo_client[database].jobs.insert_one({"_id": "bad", "next_run_time": T0.timestamp(), "job_state": b"x",
+                                            FORMAT_FIELD: "pickle"})  # fmt: skip
+    assert sorted(job.id for job in store.get_due_jobs(T0)) == ["j000", "j001", "j002"]
+    assert [q.id for q in store.get_quarantined_jobs()] == ["bad"]
+    assert sorted(job.id for job in other.get_all_jobs()) == ["j000", "j001", "j002"]
+    paused = make_job(BackgroundScheduler(timezone=UTC), "j001", next_run_time=None)
+    other.update_job(paused)  # pause from another process
+    assert [job.id for job in other.get_all_jobs()][-1] == "j001"
+    other.remove_job("j002")
+    other.remove_all_jobs()
+    assert other.get_all_jobs() == [] and [q.id for q in other.get_quarantined_jobs()] == ["bad"]
+
+
+def test_wakeups_use_a_change_stream_where_there_is_one(
+    shared: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="jobshelf.shared"):
+        store = shared()
+        deadline = time.monotonic() + 10
+        while store.wakeup_mode == "starting" and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert store.wakeup_mode == "change stream"
+    assert any("waking schedulers with a change stream" in r.getMessage() for r in caplog.records)
+
+
+def test_without_change_streams_a_bounded_recheck_is_used(caplog: pytest.LogCaptureFixture) -> None:
+    from secantus import SecantusDBServer
+
+    if os.environ.get("JOBSHELF_MONGODB_URI"):
+        pytest.skip("starts its own standalone server (no replica set, so no change streams)")
+    server = SecantusDBServer(port=0, storage_path=tempfile.mkdtemp(), replica_set_name=None)
+    server.start()
+    client: MongoClient[Any] = MongoClient(server.uri)
+    woken = threading.Event()
+    scheduler = BackgroundScheduler(timezone=UTC)
+    scheduler.wakeup = woken.set  # type: ignore[method-assign] - count the wake-ups
+    store = MongoDBJobStore(client=client, shared=True, recheck=0.2)
+    try:
+        with caplog.at_level(logging.INFO, logger="jobshelf.shared"):
+            store.start(scheduler, "default")
+            assert woken.wait(5)
+        assert store.wakeup_mode == "re-check"
+        assert any("change streams are not available" in r.getMessage() and "re-checking every 0.2s" in r.getMessage()
+                   for r in caplog.records)  # fmt: skip
+    finally:
+        store.shutdown()
+        client.close()
+        server.stop()
+
+
+# ----------------------------------------------------------------------------- real processes
+
+
+def start_workers(uri: str, database: str, count: int, seconds: float, lease: float = 2.0) -> list[Any]:
+    return [
+        subprocess.Popen(
+            [sys.executable, "-m", "tests.shared_worker", uri, database, str(seconds), str(lease)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )  # fmt: skip
+        for _ in range(count)
+    ]
+
+
+def prepare(client: MongoClient[Any], database: str) -> Any:
+    db = client[database]
+    db.executions.create_index([("job", ASCENDING), ("run_time", ASCENDING)], unique=True)
+    return db
+
+
+def in_the_duplicate_window(db: Any, pid: int) -> bool:
+    """True when the process has run a fire time but not yet released its lease: the at-least-once
+    window the README documents, where a crash means that fire time runs again elsewhere."""
+    for document in db.jobs.find(
+        {"lease.holder": {"$regex": f":{pid}:"}, "lease.pending": {"$exists": True}}
+    ):
+        if db.executions.find_one({"job": document["_id"], "run_time": document["lease"]["pending"]}):
+            return True
+    return False
+
+
+def kill_outside_the_window(db: Any, process: Any) -> None:
+    for _ in range(200):
+        process.send_signal(signal.SIGSTOP)
+        time.sleep(0.05)
+        if not in_the_duplicate_window(db, process.pid):
+            process.send_signal(signal.SIGKILL)
+            return
+        process.send_signal(signal.SIGCONT)
+        time.sleep(0.01)
+    raise AssertionError("the process never left the window")
+
+
+@pytest.mark.subprocess
+def test_processes_run_each_fire_time_once_and_survive_a_kill(
+    mongodb_uri: str, mongo_client: MongoClient[Any], database: str
+) -> None:
+    db = prepare(mongo_client, database)
+    store = MongoDBJobStore(database=database, client=mongo_client)
+    setup = BackgroundScheduler(timezone=UTC)
+    store.start(setup, "setup")
+    start = dt.datetime.now(UTC) + dt.timedelta(seconds=4)
+    for index in range(20):
+        trigger = IntervalTrigger(seconds=0.5, start_date=start)
+        store.add_job(make_job(setup, f"job{index:02}", func=work, trigger=trigger, next_run_time=start,
+                               misfire_grace_time=None, max_instances=5))  # fmt: skip
+    workers = start_workers(mongodb_uri, database, 3, seconds=16)
+    time.sleep(9)  # about 5 s of firing
+    victim = workers[0]
+    kill_outside_the_window(db, victim)
+    killed_at = time.time()
+    for worker in workers:
+        worker.wait(60)
+    stopped_at = time.time()
+    assert [worker.returncode for worker in workers] == [-signal.SIGKILL, 0, 0]
+
+    executions = list(db.executions.find())
+    assert db.duplicates.count_documents({}) == 0
+    seen = {(e["job"], round(e["run_time"], 3)) for e in executions}
+    missing = []
+    for index in range(20):
+        fire_time = start.timestamp()
+        while fire_time < stopped_at - 5:  # the last seconds may be cut by the shutdown
+            if (f"job{index:02}", round(fire_time, 3)) not in seen:
+                missing.append((index, fire_time - start.timestamp()))
+            fire_time += 0.5
+    assert missing == []
+    assert len(executions) >= 20 * 16
+    by_victim = [e for e in executions if f":{victim.pid}" in e["by"]]
+    assert by_victim, "the killed process ran nothing before it was killed"
+    after_kill = {e["job"] for e in executions if e["run_time"] > killed_at + 3}
+    assert after_kill == {f"job{index:02}" for index in range(20)}  # all carry on elsewhere
+
+
+def add_one_date_job(uri: str, database: str, run_at: float) -> None:
+    """Run in a short-lived process: add a date job and exit at once."""
+    client: MongoClient[Any] = MongoClient(uri)
+    store = MongoDBJobStore(database=database, client=client)
+    scheduler = BackgroundScheduler(timezone=UTC)
+    store.start(scheduler, "adder")
+    store.add_job(
+        make_job(scheduler, "date-job", func=work, next_run_time=dt.datetime.fromtimestamp(run_at, UTC))
+    )
+    client.close()
+
+
+@pytest.mark.subprocess
+def test_a_job_added_by_a_short_lived_process_runs_on_time(
+    mongodb_uri: str, mongo_client: MongoClient[Any], database: str
+) -> None:
+    db = prepare(mongo_client, database)
+    store = MongoDBJobStore(database=database, client=mongo_client)
+    setup = BackgroundScheduler(timezone=UTC)
+    store.start(setup, "setup")
+    in_an_hour = dt.datetime.now(UTC) + dt.timedelta(hours=1)
+    store.add_job(make_job(setup, "hourly", func=work, trigger=IntervalTrigger(hours=1, start_date=in_an_hour),
+                           next_run_time=in_an_hour))  # fmt: skip
+    workers = start_workers(mongodb_uri, database, 3, seconds=12)
+    for worker in workers:
+        assert worker.stdout is not None and worker.stdout.readline().strip() == "started"
+    time.sleep(2)  # every scheduler now sleeps until the hourly job, an hour away
+    run_at = time.time() + 3
+    adder = subprocess.run(
+        [sys.executable, "-c", f"from tests.test_shared import add_one_date_job as a; "
+                               f"a({mongodb_uri!r}, {database!r}, {run_at!r})"],
+        timeout=60, check=True,
+    )  # fmt: skip
+    assert adder.returncode == 0
+    for worker in workers:
+        worker.wait(60)
+    (execution,) = list(db.executions.find({"job": "date-job"}))
+    assert abs(execution["run_time"] - run_at) < 1e-3
+    assert execution["at"] - run_at < 1.0, execution["at"] - run_at
+    assert db.duplicates.count_documents({}) == 0
+    assert db.jobs.find_one({"_id": "date-job"}) is None  # a date job is removed after its run
