@@ -131,18 +131,18 @@ class Leases:
             fire_time = self._phase[job_id][1]
         return {f"{LEASE_FIELD}.pending": fire_time, f"{LEASE_FIELD}.until": time.time() + self.lease}
 
-    def end_write(self, job_id: Any, written: bool) -> bool:
-        """After a ``"keep"`` write: ``True`` when the run finished meanwhile and the writer must
-        release the lease now."""
+    def end_write(self, job_id: Any, written: bool) -> float | None:
+        """After a ``"keep"`` write: the fire time to release now when the run finished meanwhile
+        (the writer releases it), else ``None``."""
         with self._lock:
             phase = self._phase.get(job_id)
             if phase is None:
-                return False
+                return None
             if not written or phase[0] == "done":
                 del self._phase[job_id]
-                return written
+                return phase[1] if written else None
             phase[0] = "pending"
-            return False
+            return None
 
     def on_event(self, event: Any) -> None:
         """A scheduler listener: a submitted fire time is done (run, failed, missed or skipped)."""
@@ -158,24 +158,25 @@ class Leases:
                     self._done_early.clear()
                 self._done_early[event.job_id] = latest
                 return
-            if latest < phase[1] - 1e-6:
-                return
+            if latest < phase[1] - 1e-6 or phase[0] == "done":
+                return  # not this run yet, or the writer releases it already
             if phase[0] == "writing":
                 phase[0] = "done"  # the writer releases once its write is in
                 return
             del self._phase[event.job_id]
-        self.release(event.job_id)
+        self.release(event.job_id, phase[1])
 
-    def release(self, job_id: Any) -> None:
-        """Drop this instance's lease on ``job_id``; delete the job if it was finished."""
+    def release(self, job_id: Any, fire_time: float) -> None:
+        """Drop this instance's lease on ``job_id`` for ``fire_time`` (only that lease: a newer claim
+        is never touched); delete the job if it was finished."""
+        mine = {**self.held(job_id), f"{LEASE_FIELD}.pending": fire_time}
         try:
-            if not self.collection.delete_one(
-                {**self.held(job_id), f"{LEASE_FIELD}.remove": True}
-            ).deleted_count:
-                self.collection.update_one(self.held(job_id), {"$unset": {LEASE_FIELD: ""}})
+            if not self.collection.delete_one({**mine, f"{LEASE_FIELD}.remove": True}).deleted_count:
+                self.collection.update_one(mine, {"$unset": {LEASE_FIELD: ""}})
         except PyMongoError as exc:  # the lease expires by itself; another process then re-runs it
-            logger.warning('Could not release the lease of job "%s" (%s); it expires in %ss',
-                           job_id, exc, self.lease)  # fmt: skip
+            logger.warning(
+                'Could not release the lease of job "%s" (%s); it expires in %ss', job_id, exc, self.lease
+            )
 
     def renew(self) -> None:
         """Extend the leases of jobs still running here."""

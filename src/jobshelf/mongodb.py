@@ -339,8 +339,10 @@ class MongoDBJobStore(StoreCore):
         return self._leases.begin_write(job_id)
 
     def _finish_write(self, job_id: Any, mode: str, *, written: bool) -> None:
-        if self._leases is not None and mode == "keep" and self._leases.end_write(job_id, written):
-            self._leases.release(job_id)  # the run ended while the write was under way
+        if self._leases is not None and mode == "keep":
+            fire_time = self._leases.end_write(job_id, written)
+            if fire_time is not None:
+                self._leases.release(job_id, fire_time)  # the run ended while the write was under way
 
     def _delete_all(self) -> None:
         self.collection.delete_many({QUARANTINE_FIELD: {"$exists": False}, **self._accepted_filter()})
