@@ -14,7 +14,7 @@ from tests import servers
 
 from jobshelf import available_serializers
 
-from . import report, serializer_bench, store_bench
+from . import report, serializer_bench, shared_bench, store_bench
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -34,7 +34,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--scale-100k", action="store_true", help="add N=100k to the scaling run")
     parser.add_argument(
         "--only",
-        choices=["serializers", "store", "scaling"],
+        choices=["serializers", "store", "scaling", "shared"],
         action="append",
         help="run only these parts (repeatable)",
     )
@@ -76,7 +76,7 @@ class Progress:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    parts = set(args.only or ["serializers", "store", "scaling"])
+    parts = set(args.only or ["serializers", "store", "scaling", "shared"])
     rounds = args.rounds or (3 if args.quick else 9)
     calls = 50 if args.quick else 300
     store_jobs = 24 if args.quick else 60
@@ -92,10 +92,11 @@ def main(argv: list[str] | None = None) -> int:
             ("serializers" in parts) * rounds * jobs_per_serializer_round
             + ("store" in parts) * rounds * (len(serializers) + 1)
             + ("scaling" in parts) * rounds * len(sizes) * 2
+            + ("shared" in parts) * len(shared_bench.CONFIGS)
         )
         progress = Progress(total)
         results: dict[str, Any] = {"environment": env, "rounds": rounds}
-        summary = store = scaling = None
+        summary = store = scaling = shared = None
         if "serializers" in parts:
             raw = serializer_bench.run(rounds, calls, progress)
             summary = serializer_bench.summarize(raw)
@@ -115,9 +116,17 @@ def main(argv: list[str] | None = None) -> int:
             results["scaling"] = {
                 name: {str(size): v for size, v in per.items()} for name, per in scaling.items()
             }
+        if "shared" in parts:
+            shared = shared_bench.run(uri, quick=args.quick, progress=progress)
+            results["shared"] = shared
         progress.close()
 
     text, checks = report.render(env, summary or {}, store, scaling, rounds)
+    if shared is not None:
+        text += "\n\n" + shared_bench.render(shared)
+        label = "shared mode per loop, one process"
+        checks.append((label, shared["loop_cost_ratio"], report.TARGETS[label]))
+    text += "\n" + report.targets_table(checks, judge=not args.quick)
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
     where = "uri" if args.mongodb_uri else args.server

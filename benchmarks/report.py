@@ -20,6 +20,7 @@ TARGETS = {
     "cloudpickle decode (mix)": 1.1,
     "store pickle, every operation": 1.05,
     "growth 1k -> 10k": 1.5,
+    "shared mode per loop, one process": 1.3,
 }
 
 
@@ -113,11 +114,18 @@ def render(
                     (f"growth {sizes[0]} -> {sizes[-1]}: {name} {op}", growth, TARGETS["growth 1k -> 10k"])
                 )
 
-    lines += ["", "Targets", f"  {'target':<56} {'measured':>9} {'limit':>7}  verdict"]
-    for label, measured, limit in checks:
-        verdict = "met" if measured <= limit else "NOT MET"
-        lines.append(f"  {label:<56} {measured:8.3f}x {limit:6.2f}x  {verdict}")
     return "\n".join(lines), checks
+
+
+def targets_table(checks: list[tuple[str, float, float]], *, judge: bool) -> str:
+    """Every target with its measured ratio; judged only on a full run (a quick run's few rounds are
+    indicative: machine noise alone moves them past a limit)."""
+    heading = "Targets" if judge else "Targets (quick run: indicative only, not judged)"
+    lines = ["", heading, f"  {'target':<56} {'measured':>9} {'limit':>7}  verdict"]
+    for label, measured, limit in checks:
+        verdict = ("met" if measured <= limit else "NOT MET") if judge else "-"
+        lines.append(f"  {label:<56} {measured:8.3f}x {limit:6.2f}x  {verdict}")
+    return "\n".join(lines)
 
 
 def _serializer_lines(summary: dict[str, Any]) -> list[str]:

@@ -44,4 +44,17 @@ def test_cli_writes_table_json_and_plot(mongodb_uri: str, tmp_path: Path, capsys
     payload = json.loads((tmp_path / "results-quick-uri-only-serializers.json").read_text())
     assert payload["targets"][0]["target"] == "msgpack encode (mix)"
     assert (tmp_path / "serializers-quick-uri-only-serializers.png").stat().st_size > 1000
-    assert "Targets" in (tmp_path / "results-quick-uri-only-serializers.txt").read_text()
+    text = (tmp_path / "results-quick-uri-only-serializers.txt").read_text()
+    assert "Targets (quick run: indicative only, not judged)" in text and "NOT MET" not in text
+
+
+def test_shared_level_runs_real_processes(mongodb_uri: str) -> None:
+    from benchmarks import shared_bench
+
+    run = shared_bench.run_cluster(mongodb_uri, 2, "shared", jobs=3, interval=0.5, seconds=2)
+    assert run["fire_times"] == 12
+    assert run["exit_codes"] == [0, 0]
+    assert run["executed"] + run["misses"] == 12 and run["loops"] > 0
+    text = shared_bench.render({"workload": {"jobs": 3, "interval": 0.5, "seconds": 2},
+                                "runs": {"shared x2": run}, "loop_cost_ratio": 1.0})  # fmt: skip
+    assert "| shared x2 | 2 | 12 |" in text

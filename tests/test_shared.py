@@ -151,8 +151,10 @@ def test_without_change_streams_a_bounded_recheck_is_used(caplog: pytest.LogCapt
             store.start(scheduler, "default")
             assert woken.wait(5)
         assert store.wakeup_mode == "re-check"
-        assert any("change streams are not available" in r.getMessage() and "re-checking every 0.2s" in r.getMessage()
-                   for r in caplog.records)  # fmt: skip
+        messages = [record.getMessage() for record in caplog.records]
+        assert any(
+            "change streams are not available" in m and "re-checking every 0.2s" in m for m in messages
+        )
     finally:
         store.shutdown()
         client.close()
@@ -169,7 +171,7 @@ def start_workers(uri: str, database: str, count: int, seconds: float, lease: fl
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
-        )  # fmt: skip
+        )
         for _ in range(count)
     ]
 
