@@ -267,8 +267,8 @@ def test_a_job_added_by_a_short_lived_process_runs_on_time(
     setup = BackgroundScheduler(timezone=UTC)
     store.start(setup, "setup")
     in_an_hour = dt.datetime.now(UTC) + dt.timedelta(hours=1)
-    store.add_job(make_job(setup, "hourly", func=work, trigger=IntervalTrigger(hours=1, start_date=in_an_hour),
-                           next_run_time=in_an_hour))  # fmt: skip
+    hourly = IntervalTrigger(hours=1, start_date=in_an_hour)
+    store.add_job(make_job(setup, "hourly", func=work, trigger=hourly, next_run_time=in_an_hour))
     workers = start_workers(mongodb_uri, database, 3, seconds=12)
     for worker in workers:
         assert worker.stdout is not None and worker.stdout.readline().strip() == "started"
