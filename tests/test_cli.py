@@ -182,6 +182,8 @@ def test_list_json_is_stable_and_parses(mongodb_uri: str, mongo_client: Any, dat
     assert (first["format"], first["state"], first["decoded"]) == ("pickle", "scheduled", True)
     only = json.loads(run(mongodb_uri, database, "list", "--json", "--format", "msgpack").stdout)
     assert only == []
+    table = run(mongodb_uri, database, "list").stdout  # brackets in data are data, not console markup
+    assert "cron[hour='*/3', minute='2']" in table and "interval[0:02:00]" in table
 
 
 class Forged:

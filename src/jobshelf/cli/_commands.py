@@ -25,8 +25,9 @@ from ._views import disassemble, job_view
 __all__ = ["cli"]
 
 # Off a terminal (a pipe, a log), tables are laid out wide rather than squeezed to 80 columns.
-OUT = Console(width=None if sys.stdout.isatty() else 200)
-ERR = Console(stderr=True)
+# markup=False: stored ids, names and triggers ("cron[hour='2']") are data, never console markup.
+OUT = Console(width=None if sys.stdout.isatty() else 200, markup=False, highlight=False)
+ERR = Console(stderr=True, markup=False, highlight=False)
 #: Outcomes after which a job is not in the target format (it is left exactly as it was).
 LEFT = ("quarantined", "undecodable", "unencodable", "changed", "missing")
 
@@ -67,7 +68,8 @@ def status(ctx: click.Context, /, **options: Any) -> None:
     indexed = any(
         info.get("key") == [("next_run_time", 1)] for info in store.collection.index_information().values()
     )
-    table = Table(title=f"jobshelf status: {connection.where}", show_header=False, title_justify="left")
+    OUT.print(f"jobshelf status: {connection.where}", style="bold")
+    table = Table(show_header=False)
     table.add_row(
         "jobs",
         f"{len(views)} ({states['scheduled']} scheduled, {states['paused']} paused, "
@@ -156,7 +158,7 @@ def inspect(ctx: click.Context, /, job_id: str, show_opcodes: bool, **options: A
     if stored is None:
         raise NotFound(f"no job {job_id!r} in {store.collection.full_name}; see `jobshelf list`")
     view = job_view(store, stored)
-    OUT.print(f"[bold]job {job_id!r}[/bold]: {view.status}, format {view.format}, {view.size:,} bytes")
+    OUT.print(f"job {job_id!r}: {view.status}, format {view.format}, {view.size:,} bytes", style="bold")
     if stored.quarantine:
         record = stored.quarantine
         OUT.print(f"quarantined at {record.get('at')}: {record.get('error_type')}: {record.get('message')}")
@@ -175,7 +177,7 @@ def inspect(ctx: click.Context, /, job_id: str, show_opcodes: bool, **options: A
     if state is not None:
         for key, value in state.items():
             text = str(value) if key == "trigger" else repr(value)
-            OUT.print(f"  [cyan]{key}[/cyan]: {text}", highlight=False)
+            OUT.print(f"  {key}: {text}")
     data = stored.data
     if show_opcodes and isinstance(data, bytes):
         serializer = store.serializer_for(view.format)
@@ -185,7 +187,7 @@ def inspect(ctx: click.Context, /, job_id: str, show_opcodes: bool, **options: A
                 payload = serializer.verified_payload(data)[1]
             except JobshelfError as exc:
                 OUT.print(f"(signature: {exc})")
-        OUT.print(disassemble(payload), highlight=False, markup=False)
+        OUT.print(disassemble(payload))
 
 
 @cli.command()
@@ -232,7 +234,7 @@ def migrate(
     _summary(outcomes, left, name, dry_run)
     if name == "pickle" and left:
         ERR.print(
-            f"[yellow]Before going back to the stock MongoDBJobStore:[/yellow] it deletes every job it "
+            f"Before going back to the stock MongoDBJobStore: it deletes every job it "
             f"cannot unpickle, and {len(left)} job(s) above are not stock pickle. Restore or remove them."
         )
     if left and not dry_run:
@@ -265,20 +267,15 @@ def _progress(total: int, label: str) -> Any:
 
 
 def _summary(outcomes: Counter[str], left: list[tuple[Any, str, str]], name: str, dry_run: bool) -> None:
-    table = Table(
-        "outcome",
-        "jobs",
-        title=f"migrate to {name}{' (dry run: nothing written)' if dry_run else ''}",
-        title_justify="left",
-    )
+    OUT.print(f"migrate to {name}{' (dry run: nothing written)' if dry_run else ''}", style="bold")
+    table = Table("outcome", "jobs")
     for outcome in ("migrated", "would migrate", "already", *LEFT):
         if outcomes[outcome]:
             table.add_row(outcome, str(outcomes[outcome]))
     OUT.print(table)
     if left:
-        reasons = Table(
-            "id", "left because", "detail", title="left exactly as they were", title_justify="left"
-        )
+        OUT.print("left exactly as they were:", style="bold")
+        reasons = Table("id", "left because", "detail")
         for job_id, outcome, detail in left:
             reasons.add_row(str(job_id), outcome, detail)
         OUT.print(reasons)
