@@ -1,4 +1,4 @@
-"""The MongoDB adapter: a drop-in replacement for APScheduler 3's ``MongoDBJobStore``.
+"""``MongoDBJobStore``: a drop-in replacement for APScheduler 3's ``MongoDBJobStore``.
 
 It speaks MongoDB only: documents, indexes, queries and pymongo's errors. Everything else (formats,
 decoding, quarantine decisions, the allow-list, outages) is the store core's
@@ -15,11 +15,11 @@ from typing import Any
 
 from apscheduler.util import maybe_ref
 
-from ._exceptions import SerializationError
+from .._exceptions import SerializationError
+from .._rows import Row, StoredJob, WriteRecord
+from .._serializer import SerializerSpec
+from .._store import DEFAULT_MAX_STATE_BYTES, UNTAGGED_FORMAT, StoreCore
 from ._leases import DONE_EVENTS, LEASE_FIELD, Leases, Watcher
-from ._rows import Row, StoredJob, WriteRecord
-from ._serializer import SerializerSpec
-from ._store import DEFAULT_MAX_STATE_BYTES, UNTAGGED_FORMAT, StoreCore
 
 try:
     from bson.binary import Binary
