@@ -62,19 +62,27 @@ class Leases:
         self._phase: dict[Any, list[Any]] = {}
         #: job id -> the latest fire time reported done before the loop wrote the job back
         self._done_early: dict[Any, float] = {}
+        #: abandoned fire times are looked for when one may exist (after a lease could expire)
+        self._abandoned_seen = False
+        self._next_abandoned_check = 0.0
 
     # ------------------------------------------------------------------------- claiming
 
     def claim(self, conditions: dict[str, Any], timestamp: float) -> tuple[int, int]:
-        """Claim, in two updates, the abandoned jobs (a holder's lease expired while a fire time it
-        submitted was pending: that fire time runs again here) and then the due, free ones.
+        """Claim the due, free jobs in one update; first, when one may exist, the abandoned ones
+        (another holder's lease expired while a fire time it submitted was pending: that fire time
+        runs again here). Returns the claims' tokens: ``(abandoned, due)``.
 
-        Returns the two claims' tokens: ``(abandoned, due)``.
+        A live holder never takes over from itself: its own expired leases are renewed, not
+        treated as abandoned (under load a renewal can come late; its runs are still queued here).
         """
         now = time.time()
         abandoned_token, due_token = secrets.randbits(62), secrets.randbits(62)
-        abandoned = {f"{LEASE_FIELD}.until": {"$lt": now}, f"{LEASE_FIELD}.pending": {"$exists": True}}
-        self.collection.update_many({**conditions, **abandoned}, self._lease_update(now, abandoned_token))
+        if self._abandoned_seen or now >= self._next_abandoned_check:
+            self._abandoned_seen = False
+            self._next_abandoned_check = now + self.lease / 4
+            abandoned = {**self._abandoned(now), f"{LEASE_FIELD}.holder": {"$ne": self.holder}}
+            self.collection.update_many({**conditions, **abandoned}, self._lease_update(now, abandoned_token))
         free = {
             "$or": [
                 {LEASE_FIELD: {"$exists": False}},
@@ -86,6 +94,10 @@ class Leases:
         due = {"next_run_time": {"$lte": timestamp}}
         self.collection.update_many({**conditions, **due, **free}, self._lease_update(now, due_token))
         return abandoned_token, due_token
+
+    @staticmethod
+    def _abandoned(now: float) -> dict[str, Any]:
+        return {f"{LEASE_FIELD}.until": {"$lt": now}, f"{LEASE_FIELD}.pending": {"$exists": True}}
 
     def _lease_update(self, now: float, token: int) -> dict[str, Any]:
         return {
@@ -179,14 +191,11 @@ class Leases:
             )
 
     def renew(self) -> None:
-        """Extend the leases of jobs still running here."""
-        with self._lock:
-            running = list(self._phase)
-        if running:
-            self.collection.update_many(
-                {"_id": {"$in": running}, f"{LEASE_FIELD}.holder": self.holder},
-                {"$set": {f"{LEASE_FIELD}.until": time.time() + self.lease}},
-            )
+        """Extend the leases this instance holds (runs pending, or claims not yet written back)."""
+        self.collection.update_many(
+            {f"{LEASE_FIELD}.holder": self.holder},
+            {"$set": {f"{LEASE_FIELD}.until": time.time() + self.lease}},
+        )
 
     def forget(self, job_id: Any) -> None:
         with self._lock:
@@ -197,26 +206,36 @@ class Leases:
     # ------------------------------------------------------------------------- waking up
 
     def next_times(self, conditions: dict[str, Any]) -> list[float]:
-        """When this instance should look again: the earliest free job, the earliest expiry of
-        another instance's lease, and now if an abandoned fire time waits."""
+        """When this instance should look again: the earliest job that is free (or its own), the
+        expiry of another instance's lease on an earlier job, and now if an abandoned fire time
+        waits (looked for every ``lease / 4`` seconds: none can appear sooner).
+
+        One query when the earliest job is free, as it is unless another process is running it.
+        """
         now = time.time()
-        free = {"$or": [{LEASE_FIELD: {"$exists": False}}, {f"{LEASE_FIELD}.until": {"$lt": now}}]}
-        scheduled = {"next_run_time": {"$lte": math.inf}}
+        scheduled = {**conditions, "next_run_time": {"$lte": math.inf}}
         times = []
-        document = self.collection.find_one(
-            {**conditions, **scheduled, **free}, ["next_run_time"], sort=[("next_run_time", 1)]
+        earliest = self.collection.find_one(
+            scheduled, ["next_run_time", LEASE_FIELD], sort=[("next_run_time", 1)]
         )
-        if document is not None:
-            times.append(float(document["next_run_time"]))
-        others = {f"{LEASE_FIELD}.until": {"$gte": now}, f"{LEASE_FIELD}.holder": {"$ne": self.holder}}
-        leased = self.collection.find_one(
-            {**conditions, **others}, [LEASE_FIELD], sort=[(f"{LEASE_FIELD}.until", 1)]
-        )
-        if leased is not None:
-            times.append(float(leased[LEASE_FIELD]["until"]))
-        abandoned = {f"{LEASE_FIELD}.until": {"$lt": now}, f"{LEASE_FIELD}.pending": {"$exists": True}}
-        if self.collection.find_one({**conditions, **abandoned}, ["_id"]) is not None:
-            times.append(now)
+        if earliest is not None:
+            lease = earliest.get(LEASE_FIELD) or {}
+            until = lease.get("until")
+            if isinstance(until, (int, float)) and until >= now and lease.get("holder") != self.holder:
+                times.append(float(until))  # another live process runs it: look again at its expiry
+                free = {"$or": [{LEASE_FIELD: {"$exists": False}}, {f"{LEASE_FIELD}.until": {"$lt": now}},
+                                {f"{LEASE_FIELD}.holder": self.holder}]}  # fmt: skip
+                earliest = self.collection.find_one({**scheduled, **free}, ["next_run_time"],
+                                                    sort=[("next_run_time", 1)])  # fmt: skip
+            if earliest is not None:
+                times.append(float(earliest["next_run_time"]))
+        if now >= self._next_abandoned_check:
+            abandoned = {**conditions, **self._abandoned(now), f"{LEASE_FIELD}.holder": {"$ne": self.holder}}
+            if self.collection.find_one(abandoned, ["_id"]) is not None:
+                self._abandoned_seen = True
+                times.append(now)
+            else:
+                self._next_abandoned_check = now + self.lease / 4
         return times
 
 
