@@ -121,14 +121,13 @@ def test_headers_claiming_billions_fail_fast() -> None:
 
 
 def test_ext_values_are_budgeted() -> None:
-    items = b"".join(
-        msgpack.packb(msgpack.ExtType(EXT_CODES["tuple"], b"\x90")) for _ in range(MAX_EXT_VALUES + 1)
-    )
-    packed_list = msgpack.packb([None] * 0)[:0] + b"\xdd" + (MAX_EXT_VALUES + 1).to_bytes(4, "big") + items
+    one = msgpack.packb(msgpack.ExtType(EXT_CODES["tuple"], b"\x91\x01"))  # (1,): a nested pack
+    items = one * (MAX_EXT_VALUES + 1)
+    packed_list = b"\xdd" + (MAX_EXT_VALUES + 1).to_bytes(4, "big") + items
     with pytest.raises(DeserializationError, match="more than"):
         MsgpackStateSerializer().loads(state_with(packed_list))
     state = sample_state()
-    state["args"] = tuple(() for _ in range(MAX_EXT_VALUES + 1))
+    state["args"] = tuple((index,) for index in range(MAX_EXT_VALUES + 1))
     with pytest.raises(SerializationError, match="more than"):
         MsgpackStateSerializer().dumps(state)
 

@@ -9,7 +9,7 @@ from typing import Any
 from apscheduler.triggers.base import BaseTrigger
 
 from .._exceptions import DeserializationError, UnsupportedValueError
-from ._triggers import TriggerCodec, lookup_trigger_by_class, lookup_trigger_by_name
+from ._triggers import REGISTRY_BY_CLASS, REGISTRY_BY_NAME, TriggerCodec
 from ._values import VALUE_CONSTRUCTORS, VALUE_REDUCERS
 from ._zones import ZONE_KINDS, construct_zone, reduce_zone, warm_up
 
@@ -54,8 +54,8 @@ class StateMarshaller:
         warm_up()
 
     def trigger_codec(self, cls: type) -> TriggerCodec | None:
-        """The codec this marshaller uses for exactly ``cls``, or ``None``."""
-        return self._local_by_class.get(cls) or lookup_trigger_by_class(cls)
+        """The codec this marshaller uses for exactly ``cls``, or ``None`` (registry read now)."""
+        return self._local_by_class.get(cls) or REGISTRY_BY_CLASS.get(cls)
 
     def reduce(self, value: Any) -> tuple[str, Any]:
         """Return ``(kind, payload)`` for a value that is not plain data.
@@ -67,13 +67,15 @@ class StateMarshaller:
             reducer = VALUE_REDUCERS.get(value_type)
             if reducer is not None:
                 return reducer(value)
+            codec = REGISTRY_BY_CLASS.get(value_type)
+            if self._local_by_class:
+                codec = self._local_by_class.get(value_type, codec)  # a serializer's own wins
+            if codec is not None:
+                return "trigger", [codec.name, *codec.to_state(value)]
             if isinstance(value, dt.tzinfo):
                 reduced = reduce_zone(value)
                 if reduced is not None:
                     return reduced
-            codec = self.trigger_codec(value_type)
-            if codec is not None:
-                return "trigger", [codec.name, *codec.to_state(value)]
         except Exception as exc:
             raise UnsupportedValueError(
                 "value", value_type, self.format_name, f"{type(exc).__name__}: {exc}"
@@ -90,8 +92,9 @@ class StateMarshaller:
                 if type(payload) is not list or not payload:
                     raise ValueError("expected [name, ...fields]")
                 name, *state = payload
-                codec = self._local_by_name.get(name) if type(name) is str else None
-                codec = codec or lookup_trigger_by_name(name)
+                codec = REGISTRY_BY_NAME.get(name)
+                if self._local_by_name:
+                    codec = self._local_by_name.get(name, codec)
                 if codec is None:
                     raise DeserializationError(
                         f"trigger {name!r} is not registered; call "

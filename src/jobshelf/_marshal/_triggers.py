@@ -4,7 +4,6 @@ one trigger registry that every plain-data serializer reads at lookup time.
 
 from __future__ import annotations
 
-import functools
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,8 +22,8 @@ __all__ = [
     "MAX_CRON_EXPRESSION",
     "TriggerCodec",
     "field_expression",
-    "lookup_trigger_by_class",
-    "lookup_trigger_by_name",
+    "REGISTRY_BY_CLASS",
+    "REGISTRY_BY_NAME",
     "register_trigger",
     "registered_triggers",
     "unregister_trigger",
@@ -69,14 +68,37 @@ def field_expression(field: Any) -> str:
     return ",".join(parts)
 
 
-@functools.lru_cache(maxsize=1024)
-def _cron_fields(expressions: tuple[str, ...], defaults: int) -> tuple[Any, ...]:
-    # Fields are never changed after they are compiled, so equal ones are shared between triggers.
-    # Keys are bounded (8 expressions of at most MAX_CRON_EXPRESSION characters), so is the cache.
-    return tuple(
+# (expressions, default bits) -> compiled fields. Fields are never changed after they are
+# compiled, so equal ones are shared between triggers. Only checked keys get in (8 expressions of
+# at most MAX_CRON_EXPRESSION characters), and at most _CRON_CACHE_LIMIT of them.
+_CRON_FIELDS: dict[tuple[tuple[str, ...], int], tuple[Any, ...]] = {}
+_CRON_CACHE_LIMIT = 1024
+
+
+def _cron_fields(expressions: Any, defaults: Any) -> tuple[Any, ...]:
+    key = (tuple(expressions), defaults)
+    fields = _CRON_FIELDS.get(key)  # an unhashable payload raises TypeError: malformed
+    if fields is not None:
+        return fields
+    if (
+        type(expressions) is not list
+        or len(expressions) != len(CronTrigger.FIELD_NAMES)
+        or not all(type(text) is str and len(text) <= MAX_CRON_EXPRESSION for text in expressions)
+    ):
+        raise ValueError(
+            f"a CronTrigger has {len(CronTrigger.FIELD_NAMES)} field expressions of at most "
+            f"{MAX_CRON_EXPRESSION} characters"
+        )
+    if type(defaults) is not int or not 0 <= defaults < 1 << len(CronTrigger.FIELD_NAMES):
+        raise ValueError("malformed default bits")
+    fields = tuple(
         CronTrigger.FIELDS_MAP[name](name, expression, bool(defaults >> index & 1))
         for index, (name, expression) in enumerate(zip(CronTrigger.FIELD_NAMES, expressions))
     )
+    if len(_CRON_FIELDS) >= _CRON_CACHE_LIMIT:
+        _CRON_FIELDS.clear()
+    _CRON_FIELDS[key] = fields
+    return fields
 
 
 # id(field) -> (field, its expression): rendering a field is the costly part of encoding a
@@ -109,18 +131,7 @@ def _cron_to_state(trigger: CronTrigger) -> list[Any]:
 
 def _cron_from_state(payload: list[Any]) -> CronTrigger:
     timezone, start_date, end_date, expressions, defaults, jitter = payload
-    if (
-        type(expressions) is not list
-        or len(expressions) != len(CronTrigger.FIELD_NAMES)
-        or not all(type(text) is str and len(text) <= MAX_CRON_EXPRESSION for text in expressions)
-    ):
-        raise ValueError(
-            f"a CronTrigger has {len(CronTrigger.FIELD_NAMES)} field expressions of at most "
-            f"{MAX_CRON_EXPRESSION} characters"
-        )
-    if type(defaults) is not int or not 0 <= defaults < 1 << len(CronTrigger.FIELD_NAMES):
-        raise ValueError("malformed default bits")
-    fields = list(_cron_fields(tuple(expressions), defaults))
+    fields = list(_cron_fields(expressions, defaults))
     trigger = CronTrigger.__new__(CronTrigger)
     trigger.timezone = astimezone(timezone)  # as CronTrigger.__setstate__ does
     trigger.start_date = start_date
@@ -267,11 +278,6 @@ def registered_triggers() -> dict[str, TriggerCodec]:
     return dict(_BY_NAME)
 
 
-def lookup_trigger_by_name(name: Any) -> TriggerCodec | None:
-    """The registered codec stored under ``name``, read now."""
-    return _BY_NAME.get(name) if type(name) is str else None
-
-
-def lookup_trigger_by_class(cls: type) -> TriggerCodec | None:
-    """The registered codec for exactly ``cls``, read now."""
-    return _BY_CLASS.get(cls)
+#: The registry itself, for lookups on the hot path (read-only outside this module).
+REGISTRY_BY_NAME = _BY_NAME
+REGISTRY_BY_CLASS = _BY_CLASS

@@ -11,7 +11,7 @@ from typing import Any
 import msgpack
 
 from .._exceptions import DeserializationError, SerializationError
-from .._marshal import StateMarshaller, TriggerCodec, datetime_fields, datetime_from_fields
+from .._marshal import StateMarshaller, TriggerCodec, datetime_fields
 from .._marshal._zones import fixed_offset_args
 
 __all__ = ["EXT_CODES", "MAX_DEPTH", "MAX_EXT_VALUES", "STATE_KEYS", "MsgpackStateSerializer"]
@@ -34,8 +34,11 @@ _ZONE_CODES = frozenset((EXT_CODES["zoneinfo"], EXT_CODES["pytz"], EXT_CODES["ti
 #: How deeply ext values may nest (a tuple in a tuple in a trigger...). Each level is one more
 #: C-level unpack on the stack, so this bound is what keeps a hostile document from overflowing it.
 MAX_DEPTH = 32
-#: How many ext values one job state may hold, encoded or decoded: bounds the work per document.
+#: How many values holding further msgpack (tuples, sets, triggers, zones...) one job state may
+#: have, encoded or decoded: bounds the work per document.
 MAX_EXT_VALUES = 100_000
+#: Each nested value takes at least 3 bytes, so a shorter state cannot exceed MAX_EXT_VALUES.
+_BUDGET_BYTES = 3 * MAX_EXT_VALUES
 #: Cached zone payloads are short; longer ones are decoded every time rather than kept.
 _CACHE_KEY_LIMIT = 128
 _CACHE_LIMIT = 1024
@@ -46,6 +49,7 @@ _INT_MIN, _INT_END = -(2**63), 2**64
 # values built here are valid by construction, so build the tuple directly (about 0.2 us).
 _ExtType = msgpack.ExtType
 _new_ext = tuple.__new__
+_unpackb = msgpack.unpackb
 _DATETIME = EXT_CODES["datetime"]
 _TUPLE = EXT_CODES["tuple"]
 _EMPTY_ARRAY = b"\x90"
@@ -75,9 +79,10 @@ class MsgpackStateSerializer:
     Round trips are exact: tuples stay tuples, datetimes keep their microseconds, ``fold`` and
     zone (a zoneinfo zone stays zoneinfo, a pytz zone stays pytz with the same offset variant),
     dict keys may be any supported value, and ints of any size survive. Decoding imports nothing,
-    builds only the types msgpack-state knows plus registered triggers, and is bounded: ext values
-    nest at most :data:`MAX_DEPTH` deep and number at most :data:`MAX_EXT_VALUES` per state
-    (encoding refuses the same), and no header may claim more items than the data holds.
+    builds only the types msgpack-state knows plus registered triggers, and is bounded: values
+    holding further msgpack (tuples, sets, triggers, zones...) nest at most :data:`MAX_DEPTH` deep
+    and number at most :data:`MAX_EXT_VALUES` per state (encoding refuses the same), and no header
+    may claim more items than the data holds.
 
     :param triggers: extra custom trigger codecs for this serializer only (see also
         :func:`jobshelf.register_trigger`, which reaches every serializer, made before or after)
@@ -90,7 +95,7 @@ class MsgpackStateSerializer:
 
     def __init__(self, *, triggers: Iterable[TriggerCodec] = ()) -> None:
         self._marshaller = StateMarshaller(triggers, "msgpack-state", _native_int)
-        self._local = threading.local()  # per thread: packers per depth, depth and ext budget
+        self._local = threading.local()  # per thread: packers per depth, depth and nested budget
         self._zone_bytes: dict[Any, bytes] = {}  # zone -> its packed ext, for datetime payloads
         self._zones: dict[tuple[int, bytes], Any] = {}  # (code, payload) -> zone
 
@@ -98,12 +103,14 @@ class MsgpackStateSerializer:
 
     def dumps(self, state: dict[str, Any], /) -> bytes:
         """Encode ``state``. :raises UnsupportedValueError: with the path to the value."""
-        local = self._local
-        local.budget = MAX_EXT_VALUES
         try:
             if state.keys() == _STATE_KEYS_SET:
-                return self._pack([state[key] for key in STATE_KEYS])
-            return self._pack(state)
+                data = self._pack([state[key] for key in STATE_KEYS])
+            else:
+                data = self._pack(state)
+            if len(data) >= _BUDGET_BYTES:
+                _Decoding(self).count(data)  # what the decoder would refuse is not written
+            return data
         except _LimitExceeded as exc:
             raise SerializationError(f"msgpack-state cannot encode the job state: {exc}") from None
         except Exception as exc:
@@ -131,20 +138,10 @@ class MsgpackStateSerializer:
         local.depth = depth + 1
         try:
             return stack[depth].pack(value)  # type: ignore[no-any-return]
-        except BaseException:
-            stack[depth:] = []  # a Packer interrupted by an exception may hold a partial buffer
-            raise
         finally:
             local.depth = depth
 
-    def _spend(self) -> None:
-        local = self._local
-        local.budget -= 1
-        if local.budget < 0:
-            raise _LimitExceeded(f"more than {MAX_EXT_VALUES} tuples, dates, zones or triggers")
-
     def _default(self, value: Any) -> msgpack.ExtType:
-        self._spend()
         value_type = type(value)
         if value_type is dt.datetime:
             return _new_ext(_ExtType, (_DATETIME, self._datetime_payload(value)))
@@ -173,10 +170,13 @@ class MsgpackStateSerializer:
     def loads(self, data: bytes, /) -> dict[str, Any]:
         """Decode ``data``. :raises DeserializationError: on anything but msgpack-state data."""
         local = self._local
-        local.budget = MAX_EXT_VALUES
-        local.unpack_depth = 0
+        decoding = getattr(local, "decoding", None)
+        if decoding is None or decoding.depth:  # none yet, or busy (a loads inside a loads)
+            decoding = local.decoding = _Decoding(self)
+        decoding.depth = 0
+        decoding.budget = MAX_EXT_VALUES
         try:
-            state = self._unpack(data)
+            state = decoding.unpack(data)
         except DeserializationError:
             raise
         except _LimitExceeded as exc:
@@ -193,67 +193,98 @@ class MsgpackStateSerializer:
             )
         return state
 
-    def _unpack(self, data: bytes) -> Any:
-        local = self._local
-        depth: int = local.unpack_depth
+    def __repr__(self) -> str:
+        return "MsgpackStateSerializer()"
+
+
+class _Decoding:
+    """One ``loads`` call: the nesting depth and the budget of nested values, as plain attributes.
+
+    Every ext payload that holds further msgpack (a tuple, a trigger, an uncached zone...) is one
+    more ``unpackb`` on the C stack: at most :data:`MAX_DEPTH` deep and :data:`MAX_EXT_VALUES` in
+    all. msgpack's own limits apply to each: no header may claim more items or bytes than its data
+    holds (``unpackb`` derives every ``max_*_len`` from the data's size). A datetime costs a struct
+    unpack and at least 14 bytes, so the state's size bounds them.
+    """
+
+    __slots__ = ("budget", "depth", "ext_hook", "serializer")
+
+    def __init__(self, serializer: MsgpackStateSerializer) -> None:
+        self.serializer = serializer
+        self.depth = 0
+        self.budget = MAX_EXT_VALUES
+        self.ext_hook = self._ext_hook  # bound once: every nested unpack reuses it
+
+    def count(self, data: bytes) -> None:
+        """Walk ``data`` as decoding would, spending the budget, building nothing.
+
+        :raises _LimitExceeded: when decoding would refuse it
+        """
+        self.ext_hook = self._count_hook
+        self.unpack(data)
+
+    def _count_hook(self, code: int, data: bytes) -> None:
+        if code == _DATETIME:
+            if len(data) > _DATETIME_FIELDS.size:
+                self.unpack(data[_DATETIME_FIELDS.size :])
+        elif not (code == _TUPLE and data == _EMPTY_ARRAY):
+            self.unpack(data)
+
+    def unpack(self, data: bytes) -> Any:
+        depth = self.depth
         if depth >= MAX_DEPTH:
             raise _LimitExceeded(f"values nest deeper than {MAX_DEPTH} levels")
-        local.unpack_depth = depth + 1
-        size = len(data)
-        try:
-            # No header may claim more items or bytes than the data holds.
-            return msgpack.unpackb(
-                data, ext_hook=self._ext_hook, strict_map_key=False, max_str_len=size,
-                max_bin_len=size, max_array_len=size, max_map_len=size // 2, max_ext_len=size,
-            )  # fmt: skip
-        finally:
-            local.unpack_depth = depth
+        self.budget -= 1
+        if self.budget < 0:
+            raise _LimitExceeded(f"more than {MAX_EXT_VALUES} tuples, zones or triggers")
+        self.depth = depth + 1  # not restored on an error: a failed decode discards this context
+        value = _unpackb(data, ext_hook=self.ext_hook, strict_map_key=False)
+        self.depth = depth
+        return value
 
     def _ext_hook(self, code: int, data: bytes) -> Any:
-        self._spend()
         if code == _DATETIME:
-            return self._datetime_from(data)
+            return self._datetime(data)
         if code == _TUPLE:
-            items = self._unpack(data)
+            if data == _EMPTY_ARRAY:
+                return ()  # as encoding writes it, without a nested pack
+            items = self.unpack(data)
             if type(items) is not list:
                 raise DeserializationError("malformed tuple payload")
             return tuple(items)
         if code in _ZONE_CODES:
-            return self._zone_from(code, data)
+            return self._zone(code, data)
         return self._construct(code, data)
-
-    def _zone_from(self, code: int, data: bytes) -> Any:
-        zone = self._zones.get((code, data))
-        if zone is None:
-            zone = self._construct(code, data)
-            if len(data) <= _CACHE_KEY_LIMIT:
-                if len(self._zones) >= _CACHE_LIMIT:
-                    self._zones.clear()
-                self._zones[code, data] = zone
-        return zone
 
     def _construct(self, code: int, data: bytes) -> Any:
         kind = _KINDS_BY_CODE.get(code)
         if kind is None:
             raise DeserializationError(f"unknown msgpack-state ext type code {code}")
-        return self._marshaller.construct(kind, self._unpack(data))
+        return self.serializer._marshaller.construct(kind, self.unpack(data))
 
-    def _datetime_from(self, data: bytes) -> dt.datetime:
+    def _zone(self, code: int, data: bytes) -> Any:
+        zones = self.serializer._zones
+        zone = zones.get((code, data))
+        if zone is None:
+            zone = self._construct(code, data)
+            _remember(zones, (code, data), zone)
+        return zone
+
+    def _datetime(self, data: bytes) -> dt.datetime:
         try:
-            fields = _DATETIME_FIELDS.unpack_from(data)
-            zone = None
-            if len(data) > _DATETIME_FIELDS.size:
-                tail = data[_DATETIME_FIELDS.size :]
-                zone = self._zones.get((_DATETIME, tail))
-                if zone is None:
-                    zone = self._unpack(tail)
-                    if not isinstance(zone, dt.tzinfo):
-                        raise TypeError(f"expected a time zone, got {type(zone).__name__}")
-                    if len(tail) <= _CACHE_KEY_LIMIT:
-                        if len(self._zones) >= _CACHE_LIMIT:
-                            self._zones.clear()
-                        self._zones[_DATETIME, tail] = zone
-            return datetime_from_fields(fields, zone)
+            # the fields in DATETIME_FIELDS order (what datetime_from_fields does, inlined: hot path)
+            year, month, day, hour, minute, second, microsecond, fold = _DATETIME_FIELDS.unpack_from(data)
+            if len(data) == _DATETIME_FIELDS.size:
+                return dt.datetime(year, month, day, hour, minute, second, microsecond, fold=fold)
+            tail = data[_DATETIME_FIELDS.size :]
+            zones = self.serializer._zones
+            zone = zones.get((_DATETIME, tail))
+            if zone is None:
+                zone = self.unpack(tail)
+                if not isinstance(zone, dt.tzinfo):
+                    raise TypeError(f"expected a time zone, got {type(zone).__name__}")
+                _remember(zones, (_DATETIME, tail), zone)
+            return dt.datetime(year, month, day, hour, minute, second, microsecond, zone, fold=fold)
         except (DeserializationError, _LimitExceeded):
             raise
         except Exception as exc:
@@ -261,5 +292,10 @@ class MsgpackStateSerializer:
                 f"malformed datetime payload {data[:40]!r}: {type(exc).__name__}: {exc}"
             ) from exc
 
-    def __repr__(self) -> str:
-        return "MsgpackStateSerializer()"
+
+def _remember(cache: dict[Any, Any], key: tuple[int, bytes], value: Any) -> None:
+    """Cache a decoded zone: short payloads only, a bounded number of them."""
+    if len(key[1]) <= _CACHE_KEY_LIMIT:
+        if len(cache) >= _CACHE_LIMIT:
+            cache.clear()
+        cache[key] = value
