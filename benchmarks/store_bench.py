@@ -61,7 +61,7 @@ def _advanced(job: Job) -> Job:
     changes nothing. The time alternates by a microsecond, so the set of due jobs stays the same.
     """
     if job.next_run_time is not None:
-        step = dt.timedelta(microseconds=1 if job.next_run_time.microsecond % 2 == 0 else -1)
+        step = dt.timedelta(microseconds=-1 if job.next_run_time.microsecond % 2 == 0 else 1)  # never later
         job._modify(next_run_time=job.next_run_time + step)
     return job
 
