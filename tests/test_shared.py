@@ -176,10 +176,14 @@ def start_workers(uri: str, database: str, count: int, seconds: float, lease: fl
     ]
 
 
-def prepare(client: MongoClient[Any], database: str) -> Any:
+def prepare(client: MongoClient[Any], database: str) -> tuple[Any, MongoDBJobStore, BackgroundScheduler]:
+    """The executions collection with its unique index, and a plain store to add the jobs with."""
     db = client[database]
     db.executions.create_index([("job", ASCENDING), ("run_time", ASCENDING)], unique=True)
-    return db
+    store = MongoDBJobStore(database=database, client=client)
+    setup = BackgroundScheduler(timezone=UTC)
+    store.start(setup, "setup")
+    return db, store, setup
 
 
 def in_the_duplicate_window(db: Any, pid: int) -> bool:
@@ -209,10 +213,7 @@ def kill_outside_the_window(db: Any, process: Any) -> None:
 def test_processes_run_each_fire_time_once_and_survive_a_kill(
     mongodb_uri: str, mongo_client: MongoClient[Any], database: str
 ) -> None:
-    db = prepare(mongo_client, database)
-    store = MongoDBJobStore(database=database, client=mongo_client)
-    setup = BackgroundScheduler(timezone=UTC)
-    store.start(setup, "setup")
+    db, store, setup = prepare(mongo_client, database)
     start = dt.datetime.now(UTC) + dt.timedelta(seconds=4)
     for index in range(20):
         trigger = IntervalTrigger(seconds=0.5, start_date=start)
@@ -262,10 +263,7 @@ def add_one_date_job(uri: str, database: str, run_at: float) -> None:
 def test_a_job_added_by_a_short_lived_process_runs_on_time(
     mongodb_uri: str, mongo_client: MongoClient[Any], database: str
 ) -> None:
-    db = prepare(mongo_client, database)
-    store = MongoDBJobStore(database=database, client=mongo_client)
-    setup = BackgroundScheduler(timezone=UTC)
-    store.start(setup, "setup")
+    db, store, setup = prepare(mongo_client, database)
     in_an_hour = dt.datetime.now(UTC) + dt.timedelta(hours=1)
     hourly = IntervalTrigger(hours=1, start_date=in_an_hour)
     store.add_job(make_job(setup, "hourly", func=work, trigger=hourly, next_run_time=in_an_hour))

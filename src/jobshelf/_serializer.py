@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import pickle
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any, Protocol, Union, runtime_checkable
 
@@ -20,6 +21,7 @@ __all__ = [
     "STATE_KEYS",
     "Serializer",
     "SerializerSpec",
+    "decode_with",
     "decoding_runs_code",
     "dump_state",
     "format_name",
@@ -122,20 +124,25 @@ def dump_state(serializer: Serializer, state: dict[str, Any]) -> bytes:
     return bytes(data)
 
 
-def load_state(serializer: Serializer, data: bytes) -> dict[str, Any]:
-    """Decode with ``serializer``; any failure becomes a chained :class:`DeserializationError`."""
+def decode_with(name: str, decode: Callable[[bytes], Any], data: bytes) -> dict[str, Any]:
+    """``decode(data)``; any failure becomes a chained :class:`DeserializationError` naming the
+    format, and so does a result that is not a dict."""
     try:
-        state = serializer.loads(data)
+        state = decode(data)
     except JobshelfError:
         raise
     except Exception as exc:
         raise DeserializationError(
-            f"{format_name(serializer)} could not decode the job state: {type(exc).__name__}: {exc}"
+            f"{name} could not decode the job state: {type(exc).__name__}: {exc}"
         ) from exc
     if not isinstance(state, dict):
-        raise DeserializationError(
-            f"{format_name(serializer)}.loads() returned {type(state).__name__}, expected a dict"
-        )
+        raise DeserializationError(f"{name} decoded {type(state).__name__}, expected a job state dict")
+    return state
+
+
+def load_state(serializer: Serializer, data: bytes) -> dict[str, Any]:
+    """Decode with ``serializer``; any failure becomes a chained :class:`DeserializationError`."""
+    state = decode_with(format_name(serializer), serializer.loads, data)
     if not state.keys() >= STATE_KEYS:
         missing = sorted(STATE_KEYS - state.keys())
         raise DeserializationError(

@@ -9,14 +9,12 @@ serializer can store it, and every read decodes it again, exactly as the MongoDB
 from __future__ import annotations
 
 import math
-import pickle
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from ._rows import Row, StoredJob, WriteRecord
-from ._serializer import SerializerSpec
-from ._store import DEFAULT_MAX_STATE_BYTES, StoreCore
+from ._store import StoreCore
 
 __all__ = ["MemoryJobStore", "MemoryStorage"]
 
@@ -67,27 +65,13 @@ class MemoryJobStore(StoreCore):
 
     :param storage: the storage to use (share one between stores to share their jobs); default: a
         new, private one
+    :param options: the store core's: ``serializer``, ``accept``, ``pickle_protocol``,
+        ``allowed_callables``, ``allow_by_value``, ``max_state_bytes`` (see
+        :class:`jobshelf.MongoDBJobStore`)
     """
 
-    def __init__(
-        self,
-        *,
-        serializer: SerializerSpec = None,
-        accept: Iterable[SerializerSpec] | None = None,
-        pickle_protocol: Any = pickle.HIGHEST_PROTOCOL,
-        allowed_callables: Iterable[str] | None = None,
-        allow_by_value: bool = False,
-        max_state_bytes: int = DEFAULT_MAX_STATE_BYTES,
-        storage: MemoryStorage | None = None,
-    ) -> None:
-        super().__init__(
-            serializer=serializer,
-            accept=accept,
-            pickle_protocol=pickle_protocol,
-            allowed_callables=allowed_callables,
-            allow_by_value=allow_by_value,
-            max_state_bytes=max_state_bytes,
-        )
+    def __init__(self, *, storage: MemoryStorage | None = None, **options: Any) -> None:
+        super().__init__(**options)
         self.storage = storage if storage is not None else MemoryStorage()
 
     def _rows(self, keep: Callable[[dict[str, Any]], bool]) -> list[Row]:

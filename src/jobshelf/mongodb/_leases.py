@@ -56,9 +56,9 @@ class Leases:
         self.lease = float(lease)
         self.holder = holder_id()
         self._lock = threading.Lock()
-        #: job id -> the fire time (UTC timestamp) this instance claimed it for
-        self._claimed: dict[Any, float] = {}
-        #: job id -> [phase ("writing", "pending" or "done"), the fire time submitted]
+        #: job id -> (the fire time (UTC timestamp) this instance claimed it for, the claim's token)
+        self._claimed: dict[Any, tuple[float, int]] = {}
+        #: job id -> [phase ("writing", "pending" or "done"), the fire time submitted, claim token]
         self._phase: dict[Any, list[Any]] = {}
         #: job id -> the latest fire time reported done before the loop wrote the job back
         self._done_early: dict[Any, float] = {}
@@ -108,10 +108,10 @@ class Leases:
             }
         }
 
-    def remember(self, job_id: Any, fire_time: float) -> None:
-        """The fire time this instance hands to the scheduler for ``job_id``."""
+    def remember(self, job_id: Any, fire_time: float, token: int) -> None:
+        """The fire time this instance hands to the scheduler for ``job_id``, under claim ``token``."""
         with self._lock:
-            self._claimed[job_id] = fire_time
+            self._claimed[job_id] = (fire_time, token)
 
     # ------------------------------------------------------------------------- the holder's writes
     # Per claimed job: the loop's write (update or remove) and the execution's "done" event race
@@ -120,39 +120,42 @@ class Leases:
     #   event during the write -> end_write tells the writer to release
     #   event before the write -> begin_write says "done": the write itself releases
 
-    def held(self, job_id: Any) -> dict[str, Any]:
-        """The filter for ``job_id`` while this instance holds its lease."""
-        return {"_id": job_id, f"{LEASE_FIELD}.holder": self.holder}
+    def held(self, job_id: Any, token: int) -> dict[str, Any]:
+        """The filter for ``job_id`` while this instance holds the lease of claim ``token`` (a later
+        claim of the same job, by anyone, has another token: nothing done for this one touches it)."""
+        return {"_id": job_id, f"{LEASE_FIELD}.holder": self.holder, f"{LEASE_FIELD}.token": token}
 
-    def begin_write(self, job_id: Any) -> str:
-        """How to write ``job_id`` now: ``"app"`` (not claimed here: an application's change, which
-        releases any lease), ``"done"`` (its run is over: write and release) or ``"keep"`` (write,
-        keeping the lease with :meth:`keep_fields` until the run is done)."""
+    def begin_write(self, job_id: Any) -> tuple[str, int]:
+        """How to write ``job_id`` now, and under which claim: ``"app"`` (not claimed here: an
+        application's change, which releases any lease), ``"done"`` (its run is over: write and
+        release) or ``"keep"`` (write, keeping the lease with :meth:`keep_fields` until the run is
+        done)."""
         with self._lock:
-            fire_time = self._claimed.pop(job_id, None)
-            if fire_time is None:
-                return "app"
+            claim = self._claimed.pop(job_id, None)
+            if claim is None:
+                return "app", 0
+            fire_time, token = claim
             done = self._done_early.pop(job_id, None)
             if done is not None and done >= fire_time - 1e-6:
-                return "done"
-            self._phase[job_id] = ["writing", fire_time]
-            return "keep"
+                return "done", token
+            self._phase[job_id] = ["writing", fire_time, token]
+            return "keep", token
 
     def keep_fields(self, job_id: Any) -> dict[str, Any]:
         with self._lock:
             fire_time = self._phase[job_id][1]
         return {f"{LEASE_FIELD}.pending": fire_time, f"{LEASE_FIELD}.until": time.time() + self.lease}
 
-    def end_write(self, job_id: Any, written: bool) -> float | None:
-        """After a ``"keep"`` write: the fire time to release now when the run finished meanwhile
-        (the writer releases it), else ``None``."""
+    def end_write(self, job_id: Any, written: bool) -> tuple[float, int] | None:
+        """After a ``"keep"`` write: the (fire time, claim token) to release now when the run
+        finished meanwhile (the writer releases it), else ``None``."""
         with self._lock:
             phase = self._phase.get(job_id)
             if phase is None:
                 return None
             if not written or phase[0] == "done":
                 del self._phase[job_id]
-                return phase[1] if written else None
+                return (phase[1], phase[2]) if written else None
             phase[0] = "pending"
             return None
 
@@ -176,12 +179,12 @@ class Leases:
                 phase[0] = "done"  # the writer releases once its write is in
                 return
             del self._phase[event.job_id]
-        self.release(event.job_id, phase[1])
+        self.release(event.job_id, phase[1], phase[2])
 
-    def release(self, job_id: Any, fire_time: float) -> None:
-        """Drop this instance's lease on ``job_id`` for ``fire_time`` (only that lease: a newer claim
-        is never touched); delete the job if it was finished."""
-        mine = {**self.held(job_id), f"{LEASE_FIELD}.pending": fire_time}
+    def release(self, job_id: Any, fire_time: float, token: int) -> None:
+        """Drop the lease of claim ``token`` kept for ``fire_time`` (only that lease: a newer claim is
+        never touched); delete the job if it was finished."""
+        mine = {**self.held(job_id, token), f"{LEASE_FIELD}.pending": fire_time}
         try:
             if not self.collection.delete_one({**mine, f"{LEASE_FIELD}.remove": True}).deleted_count:
                 self.collection.update_one(mine, {"$unset": {LEASE_FIELD: ""}})

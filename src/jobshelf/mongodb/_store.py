@@ -211,7 +211,7 @@ class MongoDBJobStore(StoreCore):
             due_at = float(pending) if isinstance(pending, (int, float)) else None
             fire_time = due_at if due_at is not None else document.get("next_run_time")
             if isinstance(fire_time, (int, float)):
-                leases.remember(document["_id"], float(fire_time))
+                leases.remember(document["_id"], float(fire_time), lease["token"])
             rows.append(_row(document)._replace(due_at=due_at))
         return rows
 
@@ -283,12 +283,12 @@ class MongoDBJobStore(StoreCore):
         del document["_id"]
         condition: dict[str, Any] = {"_id": record.id}
         update: dict[str, Any] = {"$set": document, "$unset": {QUARANTINE_FIELD: ""}}
-        leases, mode = self._leases, self._write_mode(record.id)
+        leases, (mode, token) = self._leases, self._write_mode(record.id)
         if leases is not None:
             if mode in {"app", "done"}:  # an application's change, or a run already over: release
                 update["$unset"][LEASE_FIELD] = ""
             if mode in {"done", "keep"}:  # the holder, after submitting: only while it holds the lease
-                condition = leases.held(record.id)
+                condition = leases.held(record.id, token)
             if mode == "keep":
                 document.update(leases.keep_fields(record.id))
         try:
@@ -305,12 +305,12 @@ class MongoDBJobStore(StoreCore):
         return matched
 
     def _delete(self, job_id: str) -> bool:
-        leases, mode = self._leases, self._write_mode(job_id)
+        leases, (mode, token) = self._leases, self._write_mode(job_id)
         if leases is not None and mode == "keep":  # finished: deleted once its last run is done
             finishing = {"next_run_time": None, f"{LEASE_FIELD}.remove": True, **leases.keep_fields(job_id)}
             try:
                 written = bool(
-                    self.collection.update_one(leases.held(job_id), {"$set": finishing}).matched_count
+                    self.collection.update_one(leases.held(job_id, token), {"$set": finishing}).matched_count
                 )
             except BaseException:
                 self._finish_write(job_id, mode, written=False)
@@ -331,20 +331,21 @@ class MongoDBJobStore(StoreCore):
         )  # fmt: skip
         return True
 
-    def _write_mode(self, job_id: Any) -> str:
-        """``"plain"`` (not shared), or the lease protocol's ``"app"``, ``"done"`` or ``"keep"``."""
+    def _write_mode(self, job_id: Any) -> tuple[str, int]:
+        """``"plain"`` (not shared), or the lease protocol's ``"app"``, ``"done"`` or ``"keep"``,
+        with the claim's token."""
         if self._leases is None:
-            return "plain"
+            return "plain", 0
         if not self._in_loop():
             self._leases.forget(job_id)
-            return "app"
+            return "app", 0
         return self._leases.begin_write(job_id)
 
     def _finish_write(self, job_id: Any, mode: str, *, written: bool) -> None:
         if self._leases is not None and mode == "keep":
-            fire_time = self._leases.end_write(job_id, written)
-            if fire_time is not None:
-                self._leases.release(job_id, fire_time)  # the run ended while the write was under way
+            finished = self._leases.end_write(job_id, written)
+            if finished is not None:
+                self._leases.release(job_id, *finished)  # the run ended while the write was under way
 
     def _delete_all(self) -> None:
         self.collection.delete_many({QUARANTINE_FIELD: {"$exists": False}, **self._accepted_filter()})

@@ -6,7 +6,8 @@ import pickle
 from collections.abc import Callable
 from typing import Any
 
-from .._exceptions import DeserializationError, SerializationError
+from .._exceptions import SerializationError
+from .._serializer import decode_with
 from ._restricted import restricted_loads
 
 __all__ = ["PickleSerializer", "pickle_protocol"]
@@ -58,17 +59,7 @@ class PickleSerializer:
 
     def loads(self, data: bytes, /) -> dict[str, Any]:
         """Unpickle ``data`` (any protocol; stock documents included)."""
-        try:
-            state = pickle.loads(data)
-        except Exception as exc:
-            raise DeserializationError(
-                f"{self.format_name} cannot decode the job state: {type(exc).__name__}: {exc}"
-            ) from exc
-        if not isinstance(state, dict):
-            raise DeserializationError(
-                f"{self.format_name} data holds {type(state).__name__}, expected a job state dict"
-            )
-        return state
+        return decode_with(self.format_name, pickle.loads, data)
 
     def loads_restricted(self, data: bytes, allows_global: Callable[[str, str], bool], /) -> dict[str, Any]:
         """Unpickle ``data`` admitting only job-state classes (datetimes, zones, built-in and
@@ -76,17 +67,7 @@ class PickleSerializer:
 
         Stores call this instead of :meth:`loads` when ``allowed_callables`` is set.
         """
-        try:
-            state = restricted_loads(data, allows_global)
-        except Exception as exc:
-            raise DeserializationError(
-                f"{self.format_name} cannot decode the job state: {type(exc).__name__}: {exc}"
-            ) from exc
-        if not isinstance(state, dict):
-            raise DeserializationError(
-                f"{self.format_name} data holds {type(state).__name__}, expected a job state dict"
-            )
-        return state
+        return decode_with(self.format_name, lambda payload: restricted_loads(payload, allows_global), data)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(protocol={self.protocol})"
