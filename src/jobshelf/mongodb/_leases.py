@@ -62,6 +62,8 @@ class Leases:
         self._phase: dict[Any, list[Any]] = {}
         #: job id -> the latest fire time reported done before the loop wrote the job back
         self._done_early: dict[Any, float] = {}
+        #: (job id, fire time, claim token) of runs that are done, to release in the next batch
+        self._releases: list[tuple[Any, float, int]] = []
         #: abandoned fire times are looked for when one may exist (after a lease could expire)
         self._abandoned_seen = False
         self._next_abandoned_check = 0.0
@@ -76,6 +78,7 @@ class Leases:
         A live holder never takes over from itself: its own expired leases are renewed, not
         treated as abandoned (under load a renewal can come late; its runs are still queued here).
         """
+        self.flush()
         now = time.time()
         abandoned_token, due_token = secrets.randbits(62), secrets.randbits(62)
         if self._abandoned_seen or now >= self._next_abandoned_check:
@@ -182,23 +185,42 @@ class Leases:
         self.release(event.job_id, phase[1], phase[2])
 
     def release(self, job_id: Any, fire_time: float, token: int) -> None:
-        """Drop the lease of claim ``token`` kept for ``fire_time`` (only that lease: a newer claim is
-        never touched); delete the job if it was finished."""
-        mine = {**self.held(job_id, token), f"{LEASE_FIELD}.pending": fire_time}
+        """Queue the release of claim ``token``'s lease kept for ``fire_time`` (only that lease: a
+        newer claim is never touched). Releases are written in one batch by :meth:`flush`, at the
+        next claim or within a fraction of a second, whichever comes first."""
+        with self._lock:
+            self._releases.append((job_id, fire_time, token))
+
+    def flush(self) -> None:
+        """Write the queued releases: two updates at most, however many there are (a finished job
+        waiting for its last run is deleted then)."""
+        with self._lock:
+            batch, self._releases = self._releases, []
+        if not batch:
+            return
+        mine = [
+            {**self.held(job_id, token), f"{LEASE_FIELD}.pending": fire_time}
+            for job_id, fire_time, token in batch
+        ]
         try:
-            if not self.collection.delete_one({**mine, f"{LEASE_FIELD}.remove": True}).deleted_count:
-                self.collection.update_one(mine, {"$unset": {LEASE_FIELD: ""}})
-        except PyMongoError as exc:  # the lease expires by itself; another process then re-runs it
-            logger.warning(
-                'Could not release the lease of job "%s" (%s); it expires in %ss', job_id, exc, self.lease
-            )
+            self.collection.delete_many({"$or": mine, f"{LEASE_FIELD}.remove": True})
+            self.collection.update_many({"$or": mine}, {"$unset": {LEASE_FIELD: ""}})
+        except PyMongoError as exc:  # kept for the next flush; a lease also expires by itself
+            with self._lock:
+                self._releases[:0] = batch
+            logger.warning("Could not release %d lease(s) (%s); retrying", len(batch), exc)
 
     def renew(self) -> None:
-        """Extend the leases this instance holds (runs pending, or claims not yet written back)."""
-        self.collection.update_many(
-            {f"{LEASE_FIELD}.holder": self.holder},
-            {"$set": {f"{LEASE_FIELD}.until": time.time() + self.lease}},
-        )
+        """Extend the leases of jobs whose runs are still going here. A claim the loop has not
+        written back is not renewed: a loop stuck longer than the lease loses it, and another
+        process takes the job over."""
+        with self._lock:
+            running = list(self._phase)
+        if running:
+            self.collection.update_many(
+                {"_id": {"$in": running}, f"{LEASE_FIELD}.holder": self.holder},
+                {"$set": {f"{LEASE_FIELD}.until": time.time() + self.lease}},
+            )
 
     def forget(self, job_id: Any) -> None:
         with self._lock:
@@ -276,16 +298,17 @@ class Watcher(threading.Thread):
         while not self._halt.is_set():
             try:
                 if stream is not None:
-                    change = stream.try_next()
+                    change = stream.try_next()  # waits up to max_await_time_ms for a change
                     if change is not None:
                         self._consider(change)
-                        continue
-                    self._halt.wait(0.2)  # some servers answer at once instead of waiting
+                    else:
+                        self._halt.wait(0.05)  # some servers answer at once instead of waiting
                 else:
-                    self._halt.wait(min(self._recheck, renew_every))
+                    self._halt.wait(min(self._recheck, renew_every, 0.25))
                     if time.monotonic() >= next_recheck:
                         next_recheck = time.monotonic() + self._recheck
                         self._wakeup()
+                self._leases.flush()
                 if time.monotonic() >= next_renewal:
                     next_renewal = time.monotonic() + renew_every
                     self._leases.renew()
@@ -302,7 +325,7 @@ class Watcher(threading.Thread):
     def _open_stream(self) -> Any:
         pipeline = [{"$match": {"operationType": {"$in": ["insert", "update", "replace"]}}}]
         try:
-            stream = self._leases.collection.watch(pipeline, max_await_time_ms=1000)
+            stream = self._leases.collection.watch(pipeline, max_await_time_ms=250)
         except PyMongoError as exc:
             if self.mode != "re-check":
                 logger.info("%s: change streams are not available (%s); re-checking every %ss instead",

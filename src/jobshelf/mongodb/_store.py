@@ -169,10 +169,13 @@ class MongoDBJobStore(StoreCore):
         return self._watcher.mode if self._watcher is not None else None
 
     def shutdown(self) -> None:
-        """Stop watching (shared mode); close the MongoClient if this store created it."""
+        """Stop watching and write the last releases (shared mode); close the MongoClient if this
+        store created it."""
         if self._watcher is not None:
             self._watcher.stop()
             self._watcher.join(5)
+        if self._leases is not None:
+            self._leases.flush()
         if self._owns_client:
             self.client.close()
 
