@@ -147,6 +147,8 @@ class MongoDBJobStore(StoreCore):
         """Create the index, check the formats and, in shared mode, start watching for changes."""
         super().start(scheduler, alias)
         if self._leases is not None:
+            # the claim reads back what it claimed by token
+            self.collection.create_index(f"{LEASE_FIELD}.token", sparse=True)
             scheduler.add_listener(self._leases.on_event, DONE_EVENTS)
             self._watcher = Watcher(self._leases, scheduler.wakeup, lambda: self._planned, self._recheck,
                                     self.collection.full_name)  # fmt: skip
