@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -16,7 +15,7 @@ from pymongo import MongoClient
 from jobshelf import MongoDBJobStore
 
 from .jobs import START, make_jobs
-from .timing import Sample
+from .timing import Sample, time_per_call
 
 STOCK = "stock"
 OPERATIONS = ("add_job", "update_job", "lookup_job", "get_due_jobs", "get_all_jobs", "get_next_run_time")
@@ -45,13 +44,6 @@ def workload(count: int, scheduler: BackgroundScheduler) -> list[Job]:
         job._scheduler = scheduler
         jobs.append(job)
     return jobs
-
-
-def _timed(func: Callable[[], Any], calls: int = 1) -> float:
-    start = time.perf_counter()
-    for _ in range(calls):
-        func()
-    return (time.perf_counter() - start) / calls
 
 
 def _advanced(job: Job) -> Job:
@@ -90,12 +82,12 @@ def _one_round(
         for job in jobs:
             for name in order:
                 store = stores[name]
-                totals[name][op] += _timed(lambda f=per_job, s=store, j=job: f(s, j)) / len(jobs)
+                totals[name][op] += time_per_call(lambda f=per_job, s=store, j=job: f(s, j), 1) / len(jobs)
     for op, query in _QUERIES.items():
         for _ in range(query_calls):
             for name in order:
                 store = stores[name]
-                totals[name][op] += _timed(lambda q=query, s=store: q(s, now)) / query_calls
+                totals[name][op] += time_per_call(lambda q=query, s=store: q(s, now), 1) / query_calls
     for name in order:
         assert len(stores[name].get_due_jobs(now)) == DUE
     return totals
@@ -171,7 +163,7 @@ def run_scaling(uri: str, sizes: list[int], rounds: int, progress: Callable[[], 
                 ):
                     for name in order:
                         store = stores[name]
-                        per_size[name][op].values.append(_timed(lambda q=query, s=store: q(s, now)))
+                        per_size[name][op].values.append(time_per_call(lambda q=query, s=store: q(s, now), 1))
                 progress()
                 progress()
             for name in names:

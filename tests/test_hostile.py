@@ -262,30 +262,36 @@ def test_a_thousand_undecodable_documents(
 
 
 def test_quarantine_and_a_concurrent_update_race_safely(
-    make_store: Any, scheduler: BackgroundScheduler
+    adapter: str, mongo_client: Any, database: str, scheduler: BackgroundScheduler
 ) -> None:
     """A job rewritten between read and quarantine is not quarantined: the new state wins."""
-    store = make_store()
-    store.start(scheduler, "default")
-    insert_document(store, {"_id": "j", "next_run_time": T0.timestamp(), "job_state": b"garbage"})
+    from jobshelf import MemoryJobStore, MemoryStorage, MongoDBJobStore
+
     barrier = threading.Barrier(2)
-    original_quarantine = type(store)._quarantine
+    base: Any = MongoDBJobStore if adapter == "mongodb" else MemoryJobStore
 
-    def slow_quarantine(self: Any, row: Any, record: Any) -> bool:
-        barrier.wait(5)  # the update below happens now, after the read and before the quarantine
-        barrier.wait(5)
-        return original_quarantine(self, row, record)  # type: ignore[no-any-return]
+    class SlowToQuarantine(base):  # type: ignore[misc, valid-type]
+        """An adapter whose quarantine write comes late: the other store's update lands first."""
 
-    type(store)._quarantine = slow_quarantine
-    try:
-        reader = threading.Thread(target=store.get_due_jobs, args=(T0,))
-        reader.start()
-        barrier.wait(5)
-        store.update_job(make_job(scheduler, "j", next_run_time=T0))
-        barrier.wait(5)
-        reader.join()
-    finally:
-        type(store)._quarantine = original_quarantine
+        def _quarantine(self, row: Any, record: Any) -> bool:
+            barrier.wait(5)
+            barrier.wait(5)
+            return bool(super()._quarantine(row, record))
+
+    if adapter == "mongodb":
+        options: dict[str, Any] = {"database": database, "client": mongo_client}
+    else:
+        options = {"storage": MemoryStorage()}
+    store, writer = SlowToQuarantine(**options), base(**options)  # two processes, one collection
+    store.start(scheduler, "default")
+    writer.start(scheduler, "writer")
+    insert_document(store, {"_id": "j", "next_run_time": T0.timestamp(), "job_state": b"garbage"})
+    reader = threading.Thread(target=store.get_due_jobs, args=(T0,))
+    reader.start()
+    barrier.wait(5)
+    writer.update_job(make_job(scheduler, "j", next_run_time=T0))  # after the read, before quarantine
+    barrier.wait(5)
+    reader.join()
     document = find_document(store, "j")
     assert document is not None and "quarantine" not in document
-    assert [job.id for job in store.get_due_jobs(T0)] == ["j"]
+    assert [job.id for job in writer.get_due_jobs(T0)] == ["j"]

@@ -12,7 +12,6 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from hypothesis import given
 
 from jobshelf import DeserializationError, SerializationError, job_to_state, state_to_job
-from jobshelf._jobstate import resolve_reference
 from jobshelf.testing import job_states
 
 from . import helpers
@@ -44,11 +43,16 @@ def test_bound_methods_round_trip_like_apscheduler(scheduler: BackgroundSchedule
 
 
 def test_references_are_resolved_anew_so_patches_are_seen() -> None:
-    assert resolve_reference("tests.helpers:dummy_job") is helpers.dummy_job
+    def resolved(reference: str) -> object:
+        state = make_job(BackgroundScheduler(), "r").__getstate__()
+        state["func"] = reference
+        return state_to_job(state).func
+
+    assert resolved("tests.helpers:dummy_job") is helpers.dummy_job
     with mock.patch("tests.helpers.dummy_job") as patched:
-        assert resolve_reference("tests.helpers:dummy_job") is patched
-    assert resolve_reference("tests.helpers:Greeter.greet") is Greeter.greet
-    assert resolve_reference("json:dumps").__module__ == "json"  # not imported yet is fine too
+        assert resolved("tests.helpers:dummy_job") is patched
+    assert resolved("tests.helpers:Greeter.greet") is Greeter.greet
+    assert resolved("json:dumps").__module__ == "json"  # not imported yet is fine too
 
 
 @pytest.mark.parametrize(

@@ -329,3 +329,24 @@ def test_unregistering_what_is_not_registered_is_an_error() -> None:
         unregister_trigger("never-registered")
     with pytest.raises(LookupError):
         unregister_trigger("date")  # built-in ones stay
+
+
+@pytest.mark.parametrize("depth", [10_000, 1_000_000])
+def test_the_pickle_family_survives_deep_nesting_too(depth: int) -> None:
+    """pickle's C unpickler builds nested values without C recursion: no crash, only a refusal."""
+    from jobshelf import PickleSerializer
+
+    nested_lists = b"\x80\x02" + b"]" * depth + b"a" * (depth - 1) + b"."  # a list in a list in...
+    errors: list[BaseException] = []
+
+    def decode() -> None:
+        try:
+            PickleSerializer().loads(nested_lists)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=decode)
+    thread.start()
+    thread.join()
+    assert len(errors) == 1 and isinstance(errors[0], DeserializationError)
+    assert "expected a job state dict" in str(errors[0])

@@ -9,13 +9,12 @@ import threading
 import pytest
 from apscheduler.jobstores.base import ConflictingIdError, JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
-from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from jobshelf import SerializationError
 
 from .conftest import StoreCore
-from .helpers import UTC, assert_same_job, document_ids, dummy_job, make_job
+from .helpers import UTC, assert_same_job, document_ids, make_job
 
 T0 = dt.datetime(2030, 1, 1, tzinfo=UTC)
 
@@ -135,11 +134,3 @@ class TestContract:
             store.update_job(make_job(scheduler, "kept", args=(lock,)))
         assert document_ids(store) == ["kept"]
         assert store.lookup_job("kept").args == (1,)  # type: ignore[union-attr]
-
-
-def test_dummy_job_is_importable() -> None:
-    # The jobs above reference tests.helpers:dummy_job; make sure that reference resolves.
-    from apscheduler.util import obj_to_ref, ref_to_obj
-
-    assert ref_to_obj(obj_to_ref(dummy_job)) is dummy_job
-    assert obj_to_ref(CronTrigger) == "apscheduler.triggers.cron:CronTrigger"
