@@ -54,6 +54,22 @@ def nested_triggers(depth: int) -> bytes:
     return msgpack.packb(payload)
 
 
+def errors_on_a_thread(work: Any) -> list[BaseException]:
+    """Run ``work`` on a thread (threads have smaller C stacks than the main one); what it raised."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            work()
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    return errors
+
+
 def state_with(args: bytes) -> bytes:
     """A msgpack-state job whose args are the given packed value."""
     fields = [1, "deep", "tests.helpers:dummy_job", None, "default", msgpack.ExtType(1, b"\x90"),
@@ -66,17 +82,7 @@ def state_with(args: bytes) -> bytes:
 @pytest.mark.parametrize("builder", [nested_tuples, nested_triggers])
 def test_deep_nesting_is_refused_not_a_crash(builder: Any, depth: int) -> None:
     data = state_with(builder(depth))
-    errors: list[BaseException] = []
-
-    def decode() -> None:  # also on a thread: threads have smaller C stacks than the main one
-        try:
-            MsgpackStateSerializer().loads(data)
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=decode)
-    thread.start()
-    thread.join()
+    errors = errors_on_a_thread(lambda: MsgpackStateSerializer().loads(data))
     assert len(errors) == 1 and isinstance(errors[0], DeserializationError), errors
     assert "nest deeper" in str(errors[0]) or "StackError" in str(errors[0])
 
@@ -337,16 +343,48 @@ def test_the_pickle_family_survives_deep_nesting_too(depth: int) -> None:
     from jobshelf import PickleSerializer
 
     nested_lists = b"\x80\x02" + b"]" * depth + b"a" * (depth - 1) + b"."  # a list in a list in...
-    errors: list[BaseException] = []
-
-    def decode() -> None:
-        try:
-            PickleSerializer().loads(nested_lists)
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=decode)
-    thread.start()
-    thread.join()
+    errors = errors_on_a_thread(lambda: PickleSerializer().loads(nested_lists))
     assert len(errors) == 1 and isinstance(errors[0], DeserializationError)
     assert "expected a job state dict" in str(errors[0])
+
+
+class RefusesSecondEncoding:
+    """pickle, except that the job 'flaky' can be encoded once only (as if its state grew too big)."""
+
+    format_name = "flaky-pickle"
+
+    def __init__(self) -> None:
+        self.encoded: set[str] = set()
+
+    def dumps(self, state: dict[str, Any], /) -> bytes:
+        if state["id"] == "flaky":
+            if "flaky" in self.encoded:
+                raise SerializationError("flaky-pickle cannot encode the job state any more")
+            self.encoded.add("flaky")
+        return pickle.dumps(state)
+
+    def loads(self, data: bytes, /) -> dict[str, Any]:
+        return pickle.loads(data)  # type: ignore[no-any-return]
+
+
+def test_a_job_that_ran_but_cannot_be_written_back_is_quarantined_not_raised() -> None:
+    RUNS.clear()
+    store = MemoryJobStore(serializer=RefusesSecondEncoding())
+    scheduler = BackgroundScheduler(timezone=UTC, jobstores={"default": store})
+    scheduler.start()
+    try:
+        now = dt.datetime.now(UTC)
+        for job_id in ("flaky", "steady"):
+            scheduler.add_job(
+                record_run, IntervalTrigger(seconds=0.2), args=[job_id], id=job_id, next_run_time=now
+            )
+        deadline = time.monotonic() + 15
+        while RUNS.count("steady") < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert scheduler._thread.is_alive()  # the update that could not be encoded did not kill it
+    finally:
+        scheduler.shutdown()
+    assert RUNS.count("flaky") == 1  # it ran once, then left the schedule instead of firing again
+    assert RUNS.count("steady") >= 4
+    (quarantined,) = store.get_quarantined_jobs()
+    assert quarantined.id == "flaky" and "cannot encode the job state any more" in quarantined.message
