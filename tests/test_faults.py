@@ -210,3 +210,30 @@ def test_many_threads_on_one_store(store: StoreCore, scheduler: BackgroundSchedu
     stored = {job.id: job.args[0] for job in store.get_all_jobs()}
     assert stored == {job_id: version for job_id, version in final.items() if version is not None}
     assert store.get_quarantined_jobs() == []
+
+
+def test_a_database_error_inside_the_loop_is_logged_not_raised(
+    mongo_client: MongoClient[Any], database: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A write the server refuses (here: a unique index the next run time would break) is not a
+    connection error: it is logged and the job fires again as stored, and the loop lives."""
+    RUNS.clear()
+    store = MongoDBJobStore(database=database, client=mongo_client)
+    start = dt.datetime.now(UTC).replace(microsecond=0) + dt.timedelta(seconds=2)
+    store.collection.create_index("next_run_time", unique=True, name="unique_next_run_time")
+    scheduler = BackgroundScheduler(timezone=UTC, jobstores={"default": store})
+    scheduler.start()
+    try:
+        with caplog.at_level(logging.ERROR):
+            scheduler.add_job(
+                count_run, IntervalTrigger(seconds=1, start_date=start), args=["ticker"], id="ticker"
+            )
+            # fires at start + 1 s: the ticker's update to that time breaks the unique index
+            scheduler.add_job(count_run, "date", run_date=start + dt.timedelta(seconds=1), args=["blocker"],
+                              id="blocker")  # fmt: skip
+            assert wait_for(lambda: RUNS["blocker"] == 1 and RUNS["ticker"] >= 3, 20), RUNS
+        assert scheduler._thread.is_alive()
+    finally:
+        scheduler.shutdown()
+    messages = [record.getMessage() for record in caplog.records]
+    assert any('The update of job "ticker" could not be written (DuplicateKeyError' in m for m in messages)

@@ -285,11 +285,21 @@ class StoreCore(BaseJobStore):  # type: ignore[misc]
                 raise
             self._quarantine_unwritable(job, exc)
             return
+        except Exception as exc:  # the database, read for the lazy-migration fallback
+            if not in_loop:
+                raise
+            self._write_failed_in_loop(job.id, "update", exc)
+            return
         try:
             self._flush_pending()
             matched = self._replace(record)
         except self._transient_errors as exc:
             self._keep_pending(job.id, record, exc)
+            return
+        except Exception as exc:
+            if not in_loop:
+                raise
+            self._write_failed_in_loop(job.id, "update", exc)
             return
         if not matched:
             if in_loop:
@@ -307,6 +317,11 @@ class StoreCore(BaseJobStore):  # type: ignore[misc]
             deleted = self._delete(job_id)
         except self._transient_errors as exc:
             self._keep_pending(job_id, None, exc)
+            return
+        except Exception as exc:
+            if not self._in_loop():
+                raise
+            self._write_failed_in_loop(job_id, "removal", exc)
             return
         if not deleted:
             if self._in_loop():
@@ -541,11 +556,21 @@ class StoreCore(BaseJobStore):  # type: ignore[misc]
             self._logger.info('Job "%s" changed while being quarantined; left as is', row.id)
 
     def _quarantine_unwritable(self, job: Job, exc: BaseException) -> None:
-        row = self._fetch(job.id)
-        if row is None:
-            return
         self._logger.error('Job "%s" ran but cannot be written back: %s', job.id, exc)
-        self._quarantine_row(row, exc)
+        try:
+            row = self._fetch(job.id)
+            if row is not None:
+                self._quarantine_row(row, exc)
+        except Exception as error:
+            self._write_failed_in_loop(job.id, "quarantine", error)
+
+    def _write_failed_in_loop(self, job_id: str, what: str, exc: BaseException) -> None:
+        """Inside APScheduler's loop nothing may raise: say what was not written, and why."""
+        self._logger.error(
+            'The %s of job "%s" could not be written (%s: %s); it is not retried: the job fires again '
+            "as its stored next run time says",
+            what, job_id, type(exc).__name__, exc, exc_info=exc,
+        )  # fmt: skip
 
     # ------------------------------------------------------------------------- outages
 
