@@ -31,6 +31,8 @@ from pymongo.errors import PyMongoError
 __all__ = ["LEASE_FIELD", "Leases", "holder_id"]
 
 LEASE_FIELD = "lease"
+#: The least time between two polls of the change stream when nothing changes (seconds).
+_POLL = 0.25
 #: The events after which a submitted fire time is done (run, failed, missed or skipped).
 DONE_EVENTS = EVENT_JOB_EXECUTED | EVENT_JOB_ERROR | EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES
 
@@ -298,11 +300,12 @@ class Watcher(threading.Thread):
         while not self._halt.is_set():
             try:
                 if stream is not None:
+                    asked = time.monotonic()
                     change = stream.try_next()  # waits up to max_await_time_ms for a change
                     if change is not None:
                         self._consider(change)
-                    else:
-                        self._halt.wait(0.05)  # some servers answer at once instead of waiting
+                    else:  # some servers answer at once instead of waiting: at most 4 polls a second
+                        self._halt.wait(max(0.0, _POLL - (time.monotonic() - asked)))
                 else:
                     self._halt.wait(min(self._recheck, renew_every, 0.25))
                     if time.monotonic() >= next_recheck:
