@@ -237,3 +237,37 @@ def test_a_database_error_inside_the_loop_is_logged_not_raised(
         scheduler.shutdown()
     messages = [record.getMessage() for record in caplog.records]
     assert any('The update of job "ticker" could not be written (DuplicateKeyError' in m for m in messages)
+
+
+def test_a_kept_write_the_server_then_refuses_is_dropped_not_failing_every_read(
+    restartable: RestartableServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    from apscheduler.executors.debug import DebugExecutor
+
+    RUNS.clear()
+    SERVER["server"] = restartable
+    client: MongoClient[Any] = MongoClient(
+        restartable.uri, serverSelectionTimeoutMS=300, connectTimeoutMS=300
+    )
+    store = MongoDBJobStore(client=client)
+    # the kept update of "stop" will move it to the blocker's time, which this index refuses
+    store.collection.create_index("next_run_time", unique=True, name="unique_next_run_time")
+    scheduler = BackgroundScheduler(timezone=UTC, jobstores={"default": store}, jobstore_retry_interval=0.5,
+                                    executors={"default": DebugExecutor()})  # fmt: skip
+    now = dt.datetime.now(UTC).replace(microsecond=0) + dt.timedelta(seconds=1)
+    scheduler.add_job(stop_the_server, IntervalTrigger(hours=1, start_date=now), id="stop")
+    scheduler.add_job(count_run, "date", run_date=now + dt.timedelta(hours=1), args=["blocker"], id="blocker")
+    scheduler.start()
+    try:
+        assert wait_for(lambda: RUNS["stop"] == 1, 15)  # its update (to now + 1 h) is kept
+        time.sleep(1)  # the server finishes closing its storage
+        restartable.start()
+        with caplog.at_level(logging.ERROR):
+            assert [job.id for job in store.get_all_jobs()] == ["stop", "blocker"]  # reads work again
+            assert [job.id for job in store.get_all_jobs()] == ["stop", "blocker"]
+        messages = [record.getMessage() for record in caplog.records]
+        assert any('The update of job "stop" could not be written (DuplicateKeyError' in m for m in messages)
+        assert scheduler._thread.is_alive()
+    finally:
+        scheduler.shutdown(wait=False)
+        client.close()

@@ -288,7 +288,7 @@ class StoreCore(BaseJobStore):  # type: ignore[misc]
         except Exception as exc:  # the database, read for the lazy-migration fallback
             if not in_loop:
                 raise
-            self._write_failed_in_loop(job.id, "update", exc)
+            self._write_failed(job.id, "update", exc)
             return
         try:
             self._flush_pending()
@@ -299,7 +299,7 @@ class StoreCore(BaseJobStore):  # type: ignore[misc]
         except Exception as exc:
             if not in_loop:
                 raise
-            self._write_failed_in_loop(job.id, "update", exc)
+            self._write_failed(job.id, "update", exc)
             return
         if not matched:
             if in_loop:
@@ -321,7 +321,7 @@ class StoreCore(BaseJobStore):  # type: ignore[misc]
         except Exception as exc:
             if not self._in_loop():
                 raise
-            self._write_failed_in_loop(job_id, "removal", exc)
+            self._write_failed(job_id, "removal", exc)
             return
         if not deleted:
             if self._in_loop():
@@ -562,10 +562,11 @@ class StoreCore(BaseJobStore):  # type: ignore[misc]
             if row is not None:
                 self._quarantine_row(row, exc)
         except Exception as error:
-            self._write_failed_in_loop(job.id, "quarantine", error)
+            self._write_failed(job.id, "quarantine", error)
 
-    def _write_failed_in_loop(self, job_id: str, what: str, exc: BaseException) -> None:
-        """Inside APScheduler's loop nothing may raise: say what was not written, and why."""
+    def _write_failed(self, job_id: str, what: str, exc: BaseException) -> None:
+        """A write nobody can be told about (inside APScheduler's loop, or kept through an outage)
+        failed for good: say what was not written, and why."""
         self._logger.error(
             'The %s of job "%s" could not be written (%s: %s); it is not retried: the job fires again '
             "as its stored next run time says",
@@ -592,10 +593,15 @@ class StoreCore(BaseJobStore):  # type: ignore[misc]
         with self._pending_lock:
             while self._pending:
                 job_id, record = next(iter(self._pending.items()))
-                if record is None:
-                    self._delete(job_id)
-                elif not self._replace(record):
-                    self._logger.info('Job "%s" was removed during the outage; update dropped', job_id)
+                try:
+                    if record is None:
+                        self._delete(job_id)
+                    elif not self._replace(record):
+                        self._logger.info('Job "%s" was removed during the outage; update dropped', job_id)
+                except self._transient_errors:
+                    raise  # still unreachable: kept, tried again at the next read or write
+                except Exception as exc:  # refused for good: keeping it would fail every read
+                    self._write_failed(job_id, "update" if record else "removal", exc)
                 del self._pending[job_id]
         self._logger.warning("%s is back: the writes kept during the outage are written", self._where())
 

@@ -91,8 +91,13 @@ class MemoryJobStore(StoreCore):
         return self._rows(lambda d: True)
 
     def _next_timestamp(self) -> float | None:
-        rows = self._rows(lambda d: _is_time(d.get("next_run_time")) and self.accepts(d.get(_FORMAT)))
-        return float(self.storage.find(rows[0].id)["next_run_time"]) if rows else None  # type: ignore[index]
+        times = [
+            float(d["next_run_time"])
+            for d in self.storage._select(
+                lambda d: _is_time(d.get("next_run_time")) and self.accepts(d.get(_FORMAT))
+            )
+        ]
+        return min(times, default=None)
 
     def _insert(self, record: WriteRecord) -> bool:
         return self.storage.insert(_document(record))

@@ -15,7 +15,7 @@ from .._exceptions import JobshelfError
 from .._policy import CallablePolicy
 from .._resolve import available_serializers, resolve_serializer
 from .._serializer import Serializer, format_name, is_pickle_family
-from ..mongodb import MongoDBJobStore
+from ..mongodb import FORMAT_FIELD, MongoDBJobStore
 from ..serializers.signed import SignedSerializer
 
 __all__ = [
@@ -176,10 +176,7 @@ class Connection:
                 "(nothing was written)"
             )
         try:
-            store = MongoDBJobStore(
-                self.database, self.collection, client=client, serializer=self._serializer(), accept=[]
-            )
-            accepted = self._accepted(store)
+            accepted = self._accepted(client[self.database][self.collection])
             return MongoDBJobStore(
                 self.database, self.collection, client=client, serializer=self._serializer(), accept=accepted
             )
@@ -190,14 +187,13 @@ class Connection:
         # the store's own format is read with it too: restricted like every accepted one
         return serializer_for(self.serializer or "pickle", allowed=self.allowed)
 
-    def _accepted(self, probe: MongoDBJobStore) -> list[Any]:
+    def _accepted(self, collection: Any) -> list[Any]:
         if self.accept:
             return [serializer_for(spec, allowed=self.allowed) for spec in self.accept]
-        found = {
-            "pickle" if job.format is None else job.format
-            for job in probe.stored_jobs()
-            if job.format is None or isinstance(job.format, str)
-        }
+        # every format tag in the collection, quarantined jobs included (one aggregation, no states)
+        tags = collection.aggregate([{"$group": {"_id": f"${FORMAT_FIELD}"}}])
+        found = {"pickle" if row["_id"] is None else row["_id"] for row in tags
+                 if row["_id"] is None or isinstance(row["_id"], str)}  # fmt: skip
         accepted: list[Any] = []
         known = available_serializers()
         for name in sorted(found):
