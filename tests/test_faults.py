@@ -134,10 +134,11 @@ def test_an_outage_longer_than_every_timeout_does_not_kill_the_scheduler(
         client.close()
 
 
-def test_writes_kept_during_an_outage_are_written_in_order_when_it_ends(
+def inline_scheduler(
     restartable: RestartableServer,
-) -> None:
-    """The loop updates one job and removes another while the server is down: both land later."""
+) -> tuple[MongoClient[Any], MongoDBJobStore, BackgroundScheduler]:
+    """A scheduler whose jobs run inside its loop (DebugExecutor), on a store whose client gives up
+    fast: a job that stops the server makes the loop's own update meet the outage."""
     from apscheduler.executors.debug import DebugExecutor
 
     RUNS.clear()
@@ -148,6 +149,14 @@ def test_writes_kept_during_an_outage_are_written_in_order_when_it_ends(
     store = MongoDBJobStore(client=client)
     scheduler = BackgroundScheduler(timezone=UTC, jobstores={"default": store}, jobstore_retry_interval=0.5,
                                     executors={"default": DebugExecutor()})  # fmt: skip
+    return client, store, scheduler
+
+
+def test_writes_kept_during_an_outage_are_written_in_order_when_it_ends(
+    restartable: RestartableServer,
+) -> None:
+    """The loop updates one job and removes another while the server is down: both land later."""
+    client, store, scheduler = inline_scheduler(restartable)
     now = dt.datetime.now(UTC) + dt.timedelta(seconds=1)
     scheduler.add_job(stop_the_server, IntervalTrigger(hours=1), id="stop", next_run_time=now)
     scheduler.add_job(
@@ -242,18 +251,9 @@ def test_a_database_error_inside_the_loop_is_logged_not_raised(
 def test_a_kept_write_the_server_then_refuses_is_dropped_not_failing_every_read(
     restartable: RestartableServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from apscheduler.executors.debug import DebugExecutor
-
-    RUNS.clear()
-    SERVER["server"] = restartable
-    client: MongoClient[Any] = MongoClient(
-        restartable.uri, serverSelectionTimeoutMS=300, connectTimeoutMS=300
-    )
-    store = MongoDBJobStore(client=client)
+    client, store, scheduler = inline_scheduler(restartable)
     # the kept update of "stop" will move it to the blocker's time, which this index refuses
     store.collection.create_index("next_run_time", unique=True, name="unique_next_run_time")
-    scheduler = BackgroundScheduler(timezone=UTC, jobstores={"default": store}, jobstore_retry_interval=0.5,
-                                    executors={"default": DebugExecutor()})  # fmt: skip
     now = dt.datetime.now(UTC).replace(microsecond=0) + dt.timedelta(seconds=1)
     scheduler.add_job(stop_the_server, IntervalTrigger(hours=1, start_date=now), id="stop")
     scheduler.add_job(count_run, "date", run_date=now + dt.timedelta(hours=1), args=["blocker"], id="blocker")
