@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -9,15 +9,14 @@ from pymongo import MongoClient
 
 from jobshelf import MemoryJobStore, MemoryStorage, MongoDBJobStore, available_serializers
 
+from .helpers import AnyStore, StoreFactory
+
 #: Every serializer the store tests run on: the built-ins and the examples in serializers/
 #: (``make test`` installs them; a bare ``pytest`` without them runs the built-ins).
 SERIALIZERS = ["pickle", "cloudpickle", "msgpack"] + [
     name for name in ("json", "zlib+msgpack") if name in available_serializers()
 ]
 ADAPTERS = ["mongodb", "memory"]
-
-StoreCore = MongoDBJobStore | MemoryJobStore
-StoreFactory = Callable[..., StoreCore]
 
 
 @pytest.fixture(params=SERIALIZERS)
@@ -33,11 +32,11 @@ def adapter(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def make_store(adapter: str, mongo_client: MongoClient[Any], database: str) -> Iterator[StoreFactory]:
     """Build stores of the adapter under test; every MongoDB one shares the test's collection."""
-    made: list[StoreCore] = []
+    made: list[AnyStore] = []
     storage = MemoryStorage()  # one "collection" for every memory store of the test
 
-    def factory(**options: Any) -> StoreCore:
-        store: StoreCore
+    def factory(**options: Any) -> AnyStore:
+        store: AnyStore
         if adapter == "memory":
             store = MemoryJobStore(storage=storage, **options)
         else:
@@ -51,7 +50,7 @@ def make_store(adapter: str, mongo_client: MongoClient[Any], database: str) -> I
 
 
 @pytest.fixture
-def store(make_store: StoreFactory, serializer: str, scheduler: BackgroundScheduler) -> StoreCore:
+def store(make_store: StoreFactory, serializer: str, scheduler: BackgroundScheduler) -> AnyStore:
     jobstore = make_store(serializer=serializer)
     jobstore.start(scheduler, "default")
     return jobstore

@@ -2,17 +2,113 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
-from typing import Any
+import os
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from typing import Any, Union
 
 from apscheduler.job import Job
+from apscheduler.jobstores.memory import MemoryJobStore as ApschedulerMemoryJobStore
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.date import DateTrigger
 
+from jobshelf import MemoryJobStore, MongoDBJobStore
 from jobshelf.testing import state_difference
 
 UTC = dt.timezone.utc
+T0 = dt.datetime(2030, 1, 1, tzinfo=UTC)
 CALLS: list[Any] = []
+
+#: The stores the shared tests run on (a Union, not ``X | Y``: evaluated at run time on 3.9 too).
+AnyStore = Union[MongoDBJobStore, MemoryJobStore]
+StoreFactory = Callable[..., AnyStore]
+
+
+def at(minutes: int) -> dt.datetime:
+    """``T0`` plus some minutes: fixed instants far in the future."""
+    return T0 + dt.timedelta(minutes=minutes)
+
+
+def fuzz_examples(default: int = 300) -> int:
+    """Inputs per fuzz property: ``JOBSHELF_FUZZ_EXAMPLES`` (``make fuzz FUZZ_EXAMPLES=N`` sets it).
+
+    Every test marked ``@pytest.mark.fuzz`` reads its count here, so ``make fuzz`` scales them all.
+    """
+    return int(os.environ.get("JOBSHELF_FUZZ_EXAMPLES", str(default)))
+
+
+# ----------------------------------------------------------------------------- waiting, with deadlines
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
+    """Check ``condition`` until it holds or ``timeout`` seconds pass; whether it held.
+
+    For state that announces no event (a document in the database). Job runs have events: use
+    ``RunLog`` or ``loop_is_alive`` instead.
+    """
+    deadline = time.monotonic() + timeout
+    while not condition():
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        time.sleep(min(interval, remaining))
+    return True
+
+
+class RunLog:
+    """Counts of job runs, by name, that a test can wait on: each run wakes the waiters."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._counts: Counter[str] = Counter()
+
+    def record(self, name: str, *_ignored: Any) -> None:
+        """A job's callable (or its first statement): one run of ``name``."""
+        with self._changed:
+            self._counts[name] += 1
+            self._changed.notify_all()
+
+    def clear(self) -> None:
+        with self._changed:
+            self._counts.clear()
+
+    def __getitem__(self, name: str) -> int:
+        with self._changed:
+            return self._counts[name]
+
+    def counts(self) -> dict[str, int]:
+        with self._changed:
+            return dict(self._counts)
+
+    def wait_until(self, condition: Callable[[Counter[str]], bool], timeout: float) -> bool:
+        """Whether ``condition(counts)`` held within ``timeout`` seconds (checked at each run)."""
+        with self._changed:
+            return self._changed.wait_for(lambda: condition(self._counts), timeout)
+
+
+PROBE_STORE = "loop-probe"
+
+
+def loop_is_alive(scheduler: Any, timeout: float = 10.0) -> bool:
+    """Whether the scheduler's loop runs a job submitted now, within ``timeout`` seconds.
+
+    The job goes to an in-process APScheduler store of its own (added on first use), so the
+    store under test is not touched: a loop whose thread died, or that is stuck, never runs it.
+    Each call needs a loop pass that starts after it, so N calls in a row span N passes.
+    """
+    with contextlib.suppress(ValueError):  # added by an earlier call
+        scheduler.add_jobstore(ApschedulerMemoryJobStore(), PROBE_STORE)
+    ran = threading.Event()
+    scheduler.add_job(
+        ran.set, "date", run_date=dt.datetime.now(UTC), id=f"probe-{uuid.uuid4().hex}",
+        jobstore=PROBE_STORE, misfire_grace_time=None,
+    )  # fmt: skip
+    return ran.wait(timeout)
 
 
 def dummy_job(*args: Any, **kwargs: Any) -> None:
@@ -71,8 +167,6 @@ def insert_document(store: Any, document: dict[str, Any]) -> None:
     """Write a document as it is, behind the store's back, on either adapter."""
     from bson.binary import Binary
 
-    from jobshelf import MongoDBJobStore
-
     if isinstance(store, MongoDBJobStore):
         stored = {key: Binary(value) if type(value) is bytes else value for key, value in document.items()}
         store.collection.insert_one(stored)
@@ -82,8 +176,6 @@ def insert_document(store: Any, document: dict[str, Any]) -> None:
 
 def find_document(store: Any, job_id: Any) -> dict[str, Any] | None:
     """The stored document, as it is, on either adapter."""
-    from jobshelf import MongoDBJobStore
-
     if isinstance(store, MongoDBJobStore):
         document: dict[str, Any] | None = store.collection.find_one({"_id": job_id})
         return document
@@ -92,8 +184,6 @@ def find_document(store: Any, job_id: Any) -> dict[str, Any] | None:
 
 def document_ids(store: Any) -> list[Any]:
     """Every stored id, sorted, quarantined ones included."""
-    from jobshelf import MongoDBJobStore
-
     if isinstance(store, MongoDBJobStore):
         return sorted(document["_id"] for document in store.collection.find({}, ["_id"]))
     return sorted(document["_id"] for document in store.storage.documents())

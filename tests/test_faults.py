@@ -8,8 +8,6 @@ import random
 import shutil
 import tempfile
 import threading
-import time
-from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,16 +19,14 @@ from pymongo import MongoClient
 
 from jobshelf import MongoDBJobStore
 
-from .conftest import StoreCore
-from .helpers import UTC, make_job
+from .helpers import UTC, AnyStore, RunLog, loop_is_alive, make_job, wait_for
 
-RUNS: Counter[str] = Counter()
-RUNS_LOCK = threading.Lock()
+RUNS = RunLog()
 
 
 def count_run(name: str) -> None:
-    with RUNS_LOCK:
-        RUNS[name] += 1
+    """The jobs' callable (a module function, so that it is stored by reference)."""
+    RUNS.record(name)
 
 
 class RestartableServer:
@@ -69,22 +65,15 @@ def restartable(mongodb_uri: str) -> Iterator[RestartableServer]:
     server.close()
 
 
-def wait_for(condition: Any, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
 SERVER: dict[str, RestartableServer] = {}
 
 
 def stop_the_server() -> None:
-    """Run by the debug executor inside the scheduler's loop: the update right after it fails."""
-    count_run("stop")
+    """Run by the debug executor inside the scheduler's loop: the update right after it fails.
+
+    The run is recorded once the server has stopped and closed its storage."""
     SERVER["server"].stop()
+    count_run("stop")
 
 
 def test_an_outage_longer_than_every_timeout_does_not_kill_the_scheduler(
@@ -110,17 +99,21 @@ def test_an_outage_longer_than_every_timeout_does_not_kill_the_scheduler(
             scheduler.add_job(
                 count_run, IntervalTrigger(seconds=0.2), args=[name], id=name, next_run_time=now
             )
-        assert wait_for(lambda: min(RUNS[n] for n in "abc") >= 2, 15)
+        assert RUNS.wait_until(lambda runs: min(runs[n] for n in "abc") >= 2, 15), RUNS.counts()
         with caplog.at_level(logging.WARNING):
             scheduler.add_job(stop_the_server, IntervalTrigger(hours=1), id="stop", executor="inline",
                               next_run_time=dt.datetime.now(UTC))  # fmt: skip
-            assert wait_for(lambda: RUNS["stop"] == 1, 10)
-            time.sleep(4)  # the stop job's update and the others' fail meanwhile
-            assert scheduler._thread.is_alive()
+            assert RUNS.wait_until(lambda runs: runs["stop"] == 1, 10)
+            # The outage lasts five loop passes, each of which fails to read the store (the stop job's
+            # update and the others' fail meanwhile); the loop runs on through every one of them.
+            for _ in range(5):
+                assert loop_is_alive(scheduler), "the scheduler's loop stopped during the outage"
             restartable.start()
-            before = dict(RUNS)
-            assert wait_for(lambda: all(RUNS[n] >= before[n] + 3 for n in "abc"), 30), (before, RUNS)
-        assert scheduler._thread.is_alive()
+            before = RUNS.counts()
+            assert RUNS.wait_until(lambda runs: all(runs[n] >= before[n] + 3 for n in "abc"), 30), (
+                before, RUNS.counts()
+            )  # fmt: skip
+        assert loop_is_alive(scheduler)
         jobs = {job.id: job for job in scheduler.get_jobs()}
         assert sorted(jobs) == ["a", "b", "c", "stop"]
         assert jobs["stop"].next_run_time > dt.datetime.now(UTC) + dt.timedelta(minutes=50)  # kept write
@@ -164,20 +157,21 @@ def test_writes_kept_during_an_outage_are_written_in_order_when_it_ends(
     )
     scheduler.start()
     try:
-        assert wait_for(lambda: RUNS["gone"] == 1, 15)  # ran right after the server stopped
-        time.sleep(1)
+        assert RUNS.wait_until(lambda runs: runs["gone"] == 1, 15)  # ran right after the server stopped
+        # a loop pass after that run: its removal has met the outage (and is kept) before the restart
+        assert loop_is_alive(scheduler)
         restartable.start()
         assert wait_for(lambda: store.lookup_job("gone") is None, 15)
         stop = store.lookup_job("stop")
         assert stop is not None and stop.next_run_time > now + dt.timedelta(minutes=50)
-        assert scheduler._thread.is_alive()
+        assert loop_is_alive(scheduler)
         assert (RUNS["stop"], RUNS["gone"]) == (1, 1)
     finally:
         scheduler.shutdown(wait=False)
         client.close()
 
 
-def test_many_threads_on_one_store(store: StoreCore, scheduler: BackgroundScheduler) -> None:
+def test_many_threads_on_one_store(store: AnyStore, scheduler: BackgroundScheduler) -> None:
     t0 = dt.datetime(2030, 1, 1, tzinfo=UTC)
     errors: list[BaseException] = []
     final: dict[str, int | None] = {}
@@ -240,8 +234,10 @@ def test_a_database_error_inside_the_loop_is_logged_not_raised(
             # fires at start + 1 s: the ticker's update to that time breaks the unique index
             scheduler.add_job(count_run, "date", run_date=start + dt.timedelta(seconds=1), args=["blocker"],
                               id="blocker")  # fmt: skip
-            assert wait_for(lambda: RUNS["blocker"] == 1 and RUNS["ticker"] >= 3, 20), RUNS
-        assert scheduler._thread.is_alive()
+            assert RUNS.wait_until(lambda runs: runs["blocker"] == 1 and runs["ticker"] >= 3, 20), (
+                RUNS.counts()
+            )  # fmt: skip
+        assert loop_is_alive(scheduler)
     finally:
         scheduler.shutdown()
     messages = [record.getMessage() for record in caplog.records]
@@ -259,15 +255,16 @@ def test_a_kept_write_the_server_then_refuses_is_dropped_not_failing_every_read(
     scheduler.add_job(count_run, "date", run_date=now + dt.timedelta(hours=1), args=["blocker"], id="blocker")
     scheduler.start()
     try:
-        assert wait_for(lambda: RUNS["stop"] == 1, 15)  # its update (to now + 1 h) is kept
-        time.sleep(1)  # the server finishes closing its storage
+        # the server has stopped; the job's update (to now + 1 h) is kept
+        assert RUNS.wait_until(lambda runs: runs["stop"] == 1, 15)
+        assert loop_is_alive(scheduler)  # a loop pass after the run: the update met the outage
         restartable.start()
         with caplog.at_level(logging.ERROR):
             assert [job.id for job in store.get_all_jobs()] == ["stop", "blocker"]  # reads work again
             assert [job.id for job in store.get_all_jobs()] == ["stop", "blocker"]
         messages = [record.getMessage() for record in caplog.records]
         assert any('The update of job "stop" could not be written (DuplicateKeyError' in m for m in messages)
-        assert scheduler._thread.is_alive()
+        assert loop_is_alive(scheduler)
     finally:
         scheduler.shutdown(wait=False)
         client.close()

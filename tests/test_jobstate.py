@@ -28,10 +28,12 @@ def apscheduler_restore(state: dict[str, Any]) -> Job:
 
 @given(state=job_states())
 def test_rebuild_sets_every_slot_as_apscheduler_does(state: dict[str, Any]) -> None:
-    ours, theirs = state_to_job(state, "scheduler", "alias"), apscheduler_restore(state)
+    scheduler = mock.Mock(spec=BackgroundScheduler)
+    ours, theirs = state_to_job(state, scheduler, "alias"), apscheduler_restore(state)
     for slot in SLOTS:
         assert getattr(ours, slot) is getattr(theirs, slot), slot
-    assert (ours._scheduler, ours._jobstore_alias) == ("scheduler", "alias")
+    ours.pause()  # attached: the job's own methods reach the scheduler it was given, with the alias
+    scheduler.pause_job.assert_called_once_with(state["id"], "alias")
 
 
 def test_bound_methods_round_trip_like_apscheduler(scheduler: BackgroundScheduler) -> None:

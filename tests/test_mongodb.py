@@ -15,8 +15,7 @@ from pymongo.errors import InvalidOperation
 from jobshelf import MongoDBJobStore
 from jobshelf.mongodb import FORMAT_FIELD, REVISION_FIELD
 
-from .helpers import UTC, make_job
-from .test_store_contract import at
+from .helpers import UTC, at, make_job
 
 
 @pytest.fixture
@@ -85,8 +84,11 @@ def test_shutdown_closes_only_a_client_it_created(
         owned.collection.find_one()
 
 
-def test_plugin_alias_in_dict_configuration(mongodb_uri: str, database: str) -> None:
+def test_plugin_alias_in_dict_configuration(
+    mongodb_uri: str, mongo_client: MongoClient[Any], database: str
+) -> None:
     ran = threading.Event()
+    EVENTS["tick"] = ran
     scheduler = BackgroundScheduler(
         timezone=UTC,
         jobstores={
@@ -100,8 +102,6 @@ def test_plugin_alias_in_dict_configuration(mongodb_uri: str, database: str) -> 
     )
     scheduler.start()
     try:
-        store = scheduler._lookup_jobstore("default")
-        assert type(store) is MongoDBJobStore
         scheduler.add_job(
             _set_event,
             "interval",
@@ -110,9 +110,10 @@ def test_plugin_alias_in_dict_configuration(mongodb_uri: str, database: str) -> 
             next_run_time=dt.datetime.now(UTC),
             args=[f"{__name__}:EVENTS", "tick"],
         )
-        EVENTS["tick"] = ran
         assert ran.wait(20), "the job stored through the plugin alias did not run"
-        document = store.collection.find_one({"_id": "tick"})
+        # jobshelf's document (the stock store writes no format field) in the configured database
+        document = mongo_client[database]["jobs"].find_one({"_id": "tick"})
+        assert document is not None
         assert document[FORMAT_FIELD] == "pickle"
         assert pickle.loads(document["job_state"])["id"] == "tick"
     finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+from unittest import mock
 
 import pytest
 from apscheduler.jobstores.base import ConflictingIdError, JobLookupError
@@ -13,19 +14,12 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from jobshelf import SerializationError
 
-from .conftest import StoreCore
-from .helpers import UTC, assert_same_job, document_ids, make_job
-
-T0 = dt.datetime(2030, 1, 1, tzinfo=UTC)
-
-
-def at(minutes: int) -> dt.datetime:
-    return T0 + dt.timedelta(minutes=minutes)
+from .helpers import T0, AnyStore, assert_same_job, at, document_ids, make_job
 
 
 class TestContract:
     def test_add_then_lookup_returns_an_equal_job(
-        self, store: StoreCore, scheduler: BackgroundScheduler
+        self, store: AnyStore, scheduler: BackgroundScheduler
     ) -> None:
         job = make_job(
             scheduler,
@@ -36,11 +30,11 @@ class TestContract:
         store.add_job(job)
         assert_same_job(job, store.lookup_job("job1"))
 
-    def test_lookup_of_missing_job_is_none(self, store: StoreCore) -> None:
+    def test_lookup_of_missing_job_is_none(self, store: AnyStore) -> None:
         assert store.lookup_job("nope") is None
 
     def test_duplicate_id_raises_conflict_and_keeps_the_first(
-        self, store: StoreCore, scheduler: BackgroundScheduler
+        self, store: AnyStore, scheduler: BackgroundScheduler
     ) -> None:
         first = make_job(scheduler, args=(1,))
         store.add_job(first)
@@ -49,7 +43,7 @@ class TestContract:
         assert_same_job(first, store.lookup_job("job1"))
 
     def test_update_rewrites_state_and_run_time(
-        self, store: StoreCore, scheduler: BackgroundScheduler
+        self, store: AnyStore, scheduler: BackgroundScheduler
     ) -> None:
         store.add_job(make_job(scheduler, next_run_time=at(5)))
         changed = make_job(scheduler, next_run_time=at(9), args=("changed",), name="renamed")
@@ -58,13 +52,13 @@ class TestContract:
         assert store.get_next_run_time() == at(9)
 
     def test_update_of_missing_job_raises_lookup_error(
-        self, store: StoreCore, scheduler: BackgroundScheduler
+        self, store: AnyStore, scheduler: BackgroundScheduler
     ) -> None:
         with pytest.raises(JobLookupError, match="nope"):
             store.update_job(make_job(scheduler, "nope"))
         assert store.get_all_jobs() == []
 
-    def test_remove_job(self, store: StoreCore, scheduler: BackgroundScheduler) -> None:
+    def test_remove_job(self, store: AnyStore, scheduler: BackgroundScheduler) -> None:
         store.add_job(make_job(scheduler, "a"))
         store.add_job(make_job(scheduler, "b"))
         store.remove_job("a")
@@ -72,14 +66,14 @@ class TestContract:
         with pytest.raises(JobLookupError, match="id of a was"):
             store.remove_job("a")
 
-    def test_remove_all_jobs(self, store: StoreCore, scheduler: BackgroundScheduler) -> None:
+    def test_remove_all_jobs(self, store: AnyStore, scheduler: BackgroundScheduler) -> None:
         for name in "abc":
             store.add_job(make_job(scheduler, name))
         store.remove_all_jobs()
         assert store.get_all_jobs() == []
         assert store.get_next_run_time() is None
 
-    def test_due_jobs_sorted_by_time_then_id(self, store: StoreCore, scheduler: BackgroundScheduler) -> None:
+    def test_due_jobs_sorted_by_time_then_id(self, store: AnyStore, scheduler: BackgroundScheduler) -> None:
         plan = {"late": at(3), "b-tie": at(1), "a-tie": at(1), "first": at(0), "future": at(60)}
         for job_id, when in plan.items():
             store.add_job(make_job(scheduler, job_id, next_run_time=when))
@@ -90,14 +84,14 @@ class TestContract:
         assert store.get_due_jobs(at(-1)) == []
 
     def test_due_jobs_compare_instants_across_zones(
-        self, store: StoreCore, scheduler: BackgroundScheduler
+        self, store: AnyStore, scheduler: BackgroundScheduler
     ) -> None:
         store.add_job(make_job(scheduler, next_run_time=at(0)))
         berlin = at(0).astimezone(dt.timezone(dt.timedelta(hours=1)))
         assert [job.id for job in store.get_due_jobs(berlin)] == ["job1"]
         assert store.get_due_jobs(berlin - dt.timedelta(microseconds=1)) == []
 
-    def test_next_run_time_is_earliest_active(self, store: StoreCore, scheduler: BackgroundScheduler) -> None:
+    def test_next_run_time_is_earliest_active(self, store: AnyStore, scheduler: BackgroundScheduler) -> None:
         assert store.get_next_run_time() is None
         store.add_job(make_job(scheduler, "paused", next_run_time=None))
         assert store.get_next_run_time() is None
@@ -107,7 +101,7 @@ class TestContract:
         assert next_time == at(2)
         assert next_time.tzinfo is not None
 
-    def test_all_jobs_sorted_with_paused_last(self, store: StoreCore, scheduler: BackgroundScheduler) -> None:
+    def test_all_jobs_sorted_with_paused_last(self, store: AnyStore, scheduler: BackgroundScheduler) -> None:
         store.add_job(make_job(scheduler, "p2", next_run_time=None))
         store.add_job(make_job(scheduler, "late", next_run_time=at(9)))
         store.add_job(make_job(scheduler, "p1", next_run_time=None))
@@ -115,17 +109,19 @@ class TestContract:
         assert [job.id for job in store.get_all_jobs()] == ["early", "late", "p1", "p2"]
 
     def test_returned_jobs_are_attached_and_aware(
-        self, store: StoreCore, scheduler: BackgroundScheduler
+        self, store: AnyStore, scheduler: BackgroundScheduler
     ) -> None:
         store.add_job(make_job(scheduler, next_run_time=at(0)))
         for job in [store.lookup_job("job1"), *store.get_due_jobs(at(0)), *store.get_all_jobs()]:
             assert job is not None
-            assert job._scheduler is scheduler
-            assert job._jobstore_alias == "default"
+            # attached: the job's own methods reach this scheduler, naming this store's alias
+            with mock.patch.object(scheduler, "modify_job") as modify_job:
+                job.modify(name="renamed")
+            modify_job.assert_called_once_with("job1", "default", name="renamed")
             assert job.next_run_time.tzinfo is not None
             assert job.next_run_time == at(0)
 
-    def test_failed_encoding_writes_nothing(self, store: StoreCore, scheduler: BackgroundScheduler) -> None:
+    def test_failed_encoding_writes_nothing(self, store: AnyStore, scheduler: BackgroundScheduler) -> None:
         store.add_job(make_job(scheduler, "kept", args=(1,)))
         lock = threading.Lock()
         with pytest.raises(SerializationError, match="job 'bad'"):
