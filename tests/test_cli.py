@@ -9,7 +9,7 @@ import pickle
 import signal
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,8 @@ from .helpers import UTC, make_job
 pytestmark = pytest.mark.subprocess
 COMMAND = str(Path(sys.executable).with_name("jobshelf"))
 T0 = dt.datetime(2031, 1, 1, tzinfo=UTC)
+#: The jobs below call tests.helpers:dummy_job and this module's tick: the allow-list migrate reads with.
+ALLOW = ("--allow", "tests.helpers", "--allow", "tests.test_cli")
 
 
 def run(
@@ -86,16 +88,16 @@ def test_migrate_to_msgpack_and_back_loses_nothing(
     mongodb_uri: str, mongo_client: Any, database: str
 ) -> None:
     expected = fill_with_the_stock_store(mongo_client, database, 300)
-    dry = run(mongodb_uri, database, "migrate", "--to", "msgpack", "--dry-run")
+    dry = run(mongodb_uri, database, "migrate", "--to", "msgpack", "--dry-run", *ALLOW)
     assert "would migrate │ 300" in dry.stdout
     assert mongo_client[database].jobs.count_documents({FORMAT_FIELD: "msgpack"}) == 0  # nothing written
 
-    forward = run(mongodb_uri, database, "migrate", "--to", "msgpack", "--yes")
+    forward = run(mongodb_uri, database, "migrate", "--to", "msgpack", "--yes", *ALLOW)
     assert "migrated │ 300" in forward.stdout
     assert mongo_client[database].jobs.count_documents({FORMAT_FIELD: "msgpack"}) == 300
     assert_states(MongoDBJobStore(database=database, client=mongo_client, serializer="msgpack"), expected)
 
-    back = run(mongodb_uri, database, "migrate", "--to", "pickle", "--yes")
+    back = run(mongodb_uri, database, "migrate", "--to", "pickle", "--yes", *ALLOW)
     assert "migrated │ 300" in back.stdout
     stock = StockStore(database=database, client=mongo_client)
     stock.start(BackgroundScheduler(timezone=UTC), "default")
@@ -106,7 +108,7 @@ def test_migrate_to_msgpack_and_back_loses_nothing(
 def test_an_interrupted_migration_carries_on(mongodb_uri: str, mongo_client: Any, database: str) -> None:
     expected = fill_with_the_stock_store(mongo_client, database, 200)
     process = subprocess.Popen(
-        [COMMAND, "migrate", "--database", database, "--to", "msgpack", "--yes", "--batch-size", "5"],
+        [COMMAND, "migrate", "--database", database, "--to", "msgpack", "--yes", "--batch-size", "5", *ALLOW],
         env={**os.environ, "JOBSHELF_MONGODB_URI": mongodb_uri}, stderr=subprocess.PIPE, text=True,
         stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
     )  # fmt: skip
@@ -118,7 +120,7 @@ def test_an_interrupted_migration_carries_on(mongodb_uri: str, mongo_client: Any
     process.wait(60)
     done = mongo_client[database].jobs.count_documents({FORMAT_FIELD: "msgpack"})
     assert 0 < done < 200, done
-    again = run(mongodb_uri, database, "migrate", "--to", "msgpack", "--yes")
+    again = run(mongodb_uri, database, "migrate", "--to", "msgpack", "--yes", *ALLOW)
     assert f"migrated │ {200 - done}" in again.stdout and f"already  │ {done}" in again.stdout
     assert_states(MongoDBJobStore(database=database, client=mongo_client, serializer="msgpack"), expected)
 
@@ -127,10 +129,13 @@ class RecordingStore(MongoDBJobStore):
     """The application's store: remembers the last next run time it wrote for each job."""
 
     last: dict[str, float]
+    twenty: threading.Event  # set once 20 jobs have been updated
 
     def update_job(self, job: Any) -> None:
         super().update_job(job)
         self.last[job.id] = job.next_run_time.timestamp()
+        if len(self.last) >= 20:
+            self.twenty.set()
 
 
 def tick() -> None:
@@ -143,7 +148,7 @@ def test_a_migration_beside_a_live_scheduler_overwrites_none_of_its_updates(
     store = RecordingStore(
         database=database, client=mongo_client, serializer="msgpack", accept=["msgpack", "pickle"]
     )
-    store.last = {}
+    store.last, store.twenty = {}, threading.Event()
     writer = MongoDBJobStore(database=database, client=mongo_client)  # pickle, as before the switch
     setup = BackgroundScheduler(timezone=UTC)
     writer.start(setup, "default")
@@ -155,9 +160,8 @@ def test_a_migration_beside_a_live_scheduler_overwrites_none_of_its_updates(
                                     job_defaults={"misfire_grace_time": None, "coalesce": True})  # fmt: skip
     scheduler.start()
     try:
-        while len(store.last) < 20:
-            time.sleep(0.05)
-        result = run(mongodb_uri, database, "migrate", "--to", "msgpack", "--yes", check=False)
+        assert store.twenty.wait(30), f"the scheduler updated {len(store.last)} jobs in 30 s"
+        result = run(mongodb_uri, database, "migrate", "--to", "msgpack", "--yes", *ALLOW, check=False)
         assert result.returncode in (0, 3), result.stderr
     finally:
         scheduler.shutdown(wait=True)
@@ -204,7 +208,7 @@ def test_inspect_does_not_run_a_forged_pickle(
     shown = run(mongodb_uri, database, "inspect", "forged", "--disassemble")
     assert "<unresolved posix.system(" in shown.stdout and "STACK_GLOBAL" in shown.stdout
     listed = run(mongodb_uri, database, "list")
-    migrated = run(mongodb_uri, database, "migrate", "--to", "msgpack", "--yes", check=False)
+    migrated = run(mongodb_uri, database, "migrate", "--to", "msgpack", "--yes", *ALLOW, check=False)
     assert migrated.returncode == 3 and "posix.system is not part of a job state" in migrated.stdout
     assert "forged" in listed.stdout
     assert not (tmp_path / "pwned").exists()
@@ -250,7 +254,7 @@ def test_signed_formats_read_with_keys_from_the_environment(
 ) -> None:
     fill_with_the_stock_store(mongo_client, database, 3)
     keys = {"JOBSHELF_SIGNING_KEYS": "an-old-key-of-32-characters-----,a-new-key-of-32-characters------"}
-    run(mongodb_uri, database, "migrate", "--to", "signed+msgpack", "--yes", **keys)
+    run(mongodb_uri, database, "migrate", "--to", "signed+msgpack", "--yes", *ALLOW, **keys)
     assert mongo_client[database].jobs.count_documents({FORMAT_FIELD: "signed+msgpack"}) == 3
     rows = json.loads(run(mongodb_uri, database, "list", "--json", **keys).stdout)
     assert [row["decoded"] for row in rows] == [True, True, True]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -11,27 +11,32 @@ import click
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
+from .._core.formats import UNTAGGED_FORMAT
 from .._exceptions import JobshelfError
-from .._policy import CallablePolicy
 from .._resolve import available_serializers, resolve_serializer
-from .._serializer import Serializer, format_name, is_pickle_family
-from ..mongodb import FORMAT_FIELD, MongoDBJobStore
+from .._serializer import Serializer
+from ..mongodb import MongoDBJobStore
 from ..serializers.signed import SignedSerializer
+from ._text import printable
 
 __all__ = [
     "KEYS_ENV",
+    "SIGNED_PREFIX",
     "URI_ENV",
     "CliError",
     "Connection",
     "NotFound",
     "connection_options",
+    "open_store",
     "serializer_for",
+    "tag_label",
 ]
 
 URI_ENV = "JOBSHELF_MONGODB_URI"
 #: Signing keys for ``signed+...`` formats: comma-separated, newest last. Never a flag: flags
 #: end up in shell history and process listings.
 KEYS_ENV = "JOBSHELF_SIGNING_KEYS"
+SIGNED_PREFIX = "signed+"
 
 
 class CliError(click.ClickException):
@@ -40,7 +45,7 @@ class CliError(click.ClickException):
     exit_code = 2
 
     def show(self, file: Any = None) -> None:
-        click.echo(f"jobshelf: {self.format_message()}", err=True)
+        click.echo(f"jobshelf: {printable(self.format_message())}", err=True)
 
 
 class NotFound(CliError):
@@ -50,7 +55,8 @@ class NotFound(CliError):
 
 
 def connection_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """``--uri``, ``--database``, ``--collection``, ``--serializer``, ``--accept``, ``--timeout``."""
+    """``--uri``, ``--database``, ``--collection``, ``--serializer``, ``--accept``, ``--timeout``,
+    ``--allow``, ``--unsafe-run-code``."""
     options = [
         click.option(
             "--uri",
@@ -64,19 +70,20 @@ def connection_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--serializer",
             default=None,
-            help="the store's serializer spec, as serializer= takes it (default: pickle)",
+            help="the store's serializer spec, as serializer= takes it (default: the store's default)",
         ),
         click.option(
             "--accept",
             multiple=True,
-            help="a format to read (repeatable; default: every format found in the collection)",
+            help="a format to read (repeatable; default: every registered format found in the collection)",
         ),
         click.option("--timeout", default=5.0, show_default=True, help="seconds to wait for the server"),
         click.option(
             "--allow",
             multiple=True,
-            metavar="MODULE",
-            help="a module whose classes stored pickles may use (repeatable); others are not imported",
+            metavar="PATTERN",
+            help="allowed_callables, as your application sets it (repeatable): the modules (or "
+            "module:name patterns) jobs may call and whose classes stored pickles may use",
         ),
         click.option(
             "--unsafe-run-code",
@@ -89,47 +96,65 @@ def connection_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
-def _signing_keys() -> list[str]:
-    return [key for key in os.environ.get(KEYS_ENV, "").split(",") if key]
+def _signing_keys(spec: str) -> list[str]:
+    keys = [key for key in os.environ.get(KEYS_ENV, "").split(",") if key]
+    if not keys:
+        raise CliError(f"format {spec!r} needs the signing keys: set {KEYS_ENV}=key1,key2 (newest last)")
+    return keys
 
 
-class RestrictedPickleReader:
-    """Reads a pickle-family format through the restricted unpickler: job-state classes and the
-    ``--allow``-ed modules only, so reading a stored job runs none of the code it names. Writes as
-    the wrapped serializer does."""
+def serializer_for(spec: str) -> Serializer:
+    """A serializer from an operator's spec (``--to``, ``--serializer``, ``--accept``) or a stored
+    format tag already checked by :func:`registered`; ``signed+X`` takes its keys from the env.
 
-    def __init__(self, inner: Any, allowed: tuple[str, ...]) -> None:
-        self.inner = inner
-        self.format_name = format_name(inner)
-        self.pickle_family = is_pickle_family(inner)
-        self.stores_callables_by_value = False
-        self._policy = CallablePolicy(allowed)
-
-    def dumps(self, state: dict[str, Any], /) -> bytes:
-        return self.inner.dumps(state)  # type: ignore[no-any-return]
-
-    def loads(self, data: bytes, /) -> dict[str, Any]:
-        return self.inner.loads_restricted(data, self._policy.allows_global)  # type: ignore[no-any-return]
-
-
-def serializer_for(spec: str, *, allowed: tuple[str, ...] | None = None) -> Serializer:
-    """A serializer from a spec or a stored format name; ``signed+X`` takes its keys from the env.
-
-    With ``allowed`` (a tuple, possibly empty), pickle-family formats are read restricted.
+    :raises CliError: the keys are missing or too short, or the spec names no serializer
     """
-    if spec.startswith("signed+"):
-        keys = _signing_keys()
-        if not keys:
-            raise CliError(f"format {spec!r} needs the signing keys: set {KEYS_ENV}=key1,key2 (newest last)")
-        return SignedSerializer(serializer_for(spec.removeprefix("signed+"), allowed=allowed), keys=keys)
-    serializer = resolve_serializer(spec)
-    if allowed is not None and callable(getattr(serializer, "loads_restricted", None)):
-        return RestrictedPickleReader(serializer, allowed)
-    return serializer
+    try:
+        if not spec.startswith(SIGNED_PREFIX):
+            return resolve_serializer(spec)
+        keys = _signing_keys(spec)
+        inner = serializer_for(spec.removeprefix(SIGNED_PREFIX))
+        try:
+            return SignedSerializer(inner, keys=keys)
+        except JobshelfError as exc:  # the inner serializer is built: what fails is the keys
+            raise CliError(
+                f"format {spec!r} cannot use the keys in {KEYS_ENV}: {exc}. Set {KEYS_ENV}=key1,key2 "
+                "(newest last) to the keys your application signs with"
+            ) from None
+    except JobshelfError as exc:
+        raise CliError(str(exc)) from None
+
+
+def registered(tag: Any) -> bool:
+    """True when a stored format tag names a registered serializer (``signed+`` one at most).
+
+    Only these are ever resolved: any other tag (``"os:system"``, ``"signed+this:x"``, a number)
+    is data and stays unread.
+    """
+    if tag is None:
+        return True
+    if type(tag) is not str:
+        return False
+    known = available_serializers()
+    return tag in known or (tag.startswith(SIGNED_PREFIX) and tag.removeprefix(SIGNED_PREFIX) in known)
+
+
+def tag_label(tag: Any) -> str:
+    """How a stored format tag is shown: untagged as the stock format, a non-string by its type."""
+    if tag is None:
+        return UNTAGGED_FORMAT
+    if type(tag) is str:
+        return tag
+    return f"<malformed {type(tag).__name__} {tag!r}>"
 
 
 class Connection:
-    """What the connection options say, and the store they open (nothing is written on opening)."""
+    """What the connection options say, and the store they open (nothing is written on opening).
+
+    The store reads with ``allowed_callables`` set to ``--allow`` (none when it is not given):
+    pickles go through the store's restricted unpickler, the one its applications use, and a job
+    is re-encoded or restored only if its callable is allowed. ``--unsafe-run-code`` lifts both.
+    """
 
     def __init__(
         self,
@@ -145,9 +170,11 @@ class Connection:
     ) -> None:
         self.uri, self.database, self.collection = uri, database, collection
         self.serializer, self.accept, self.timeout = serializer, accept, timeout
-        #: how pickle is read: restricted to these modules, or (None) unrestricted
-        self.allowed: tuple[str, ...] | None = None if unsafe_run_code else allow
-        self.unreadable: dict[str, str] = {}  # format -> why this command cannot decode it
+        self.allowed: list[str] | None = None if unsafe_run_code else list(allow)
+        #: every stored format tag, quarantined jobs included, with its number of jobs
+        self.formats: Mapping[Any, int] = {}
+        #: format label -> why this command cannot decode it
+        self.unreadable: dict[str, str] = {}
 
     @property
     def where(self) -> str:
@@ -163,6 +190,9 @@ class Connection:
             )
             client.admin.command("ping")
             exists = self.collection in client[self.database].list_collection_names()
+            if exists or not must_exist:
+                probe = MongoDBJobStore(self.database, self.collection, client=client)
+                self.formats = probe.stored_format_counts()
         except PyMongoError as exc:
             first_line = str(exc).split(" (configured")[0].split(", Timeout")[0]
             raise CliError(
@@ -175,35 +205,49 @@ class Connection:
                 f"there is no collection {self.where}; check --database and --collection "
                 "(nothing was written)"
             )
+        serializer = serializer_for(self.serializer) if self.serializer else None
+        accepted = [serializer_for(spec) for spec in self.accept] if self.accept else self._found()
         try:
-            accepted = self._accepted(client[self.database][self.collection])
-            return MongoDBJobStore(
-                self.database, self.collection, client=client, serializer=self._serializer(), accept=accepted
-            )
-        except JobshelfError as exc:
+            store = MongoDBJobStore(
+                self.database, self.collection, client=client, serializer=serializer, accept=accepted,
+                allowed_callables=self.allowed,
+            )  # fmt: skip
+        except (JobshelfError, TypeError, ValueError) as exc:
             raise CliError(str(exc)) from None
+        for tag in self.formats:
+            label = tag_label(tag)
+            if not store.accepts(tag) and label not in self.unreadable:
+                self.unreadable[label] = "not among the --accept formats"
+        return store
 
-    def _serializer(self) -> Serializer:
-        # the store's own format is read with it too: restricted like every accepted one
-        return serializer_for(self.serializer or "pickle", allowed=self.allowed)
-
-    def _accepted(self, collection: Any) -> list[Any]:
-        if self.accept:
-            return [serializer_for(spec, allowed=self.allowed) for spec in self.accept]
-        # every format tag in the collection, quarantined jobs included (one aggregation, no states)
-        tags = collection.aggregate([{"$group": {"_id": f"${FORMAT_FIELD}"}}])
-        found = {"pickle" if row["_id"] is None else row["_id"] for row in tags
-                 if row["_id"] is None or isinstance(row["_id"], str)}  # fmt: skip
+    def _found(self) -> list[Any]:
+        """A serializer for every registered format tag in the collection; why not, for the others."""
         accepted: list[Any] = []
-        known = available_serializers()
-        for name in sorted(found):
-            if name in known or name.startswith("signed+"):
-                try:
-                    accepted.append(serializer_for(name, allowed=self.allowed))
-                except (CliError, JobshelfError) as exc:
-                    self.unreadable[name] = exc.message if isinstance(exc, CliError) else str(exc)
-            else:
-                self.unreadable[name] = (
-                    f"no serializer named {name!r} is installed here (pip install its package)"
-                )
+        for tag in self.formats:
+            label = tag_label(tag)
+            if not registered(tag):
+                self.unreadable[label] = _unregistered(tag)
+                continue
+            try:
+                accepted.append(serializer_for(label))
+            except CliError as exc:
+                self.unreadable[label] = exc.message
         return accepted
+
+
+def _unregistered(tag: Any) -> str:
+    if type(tag) is not str:
+        return "a malformed format tag (not a string): never read"
+    names = ", ".join(sorted(available_serializers()))
+    return (
+        f"no serializer is registered as {tag!r} here (registered: {names}; signed+ any of them): "
+        "install the package that provides it; it is never looked up as a module"
+    )
+
+
+def open_store(ctx: click.Context, **options: Any) -> tuple[Connection, MongoDBJobStore]:
+    """The connection the options describe and its store, whose client closes with the command."""
+    connection = Connection(**options)
+    store = connection.open()
+    ctx.call_on_close(store.client.close)
+    return connection, store
