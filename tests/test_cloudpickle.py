@@ -60,19 +60,26 @@ WRITER = textwrap.dedent(
 
 RUNNER = textwrap.dedent(
     """
-    import datetime as dt, sys, time
-    from pathlib import Path
+    import datetime as dt, sys, threading
+    from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, EVENT_JOB_MISSED
     from apscheduler.schedulers.background import BackgroundScheduler
     from jobshelf import MongoDBJobStore
 
     uri, database, outdir, *kinds = sys.argv[1:]
+    pending, all_done = set(kinds), threading.Event()
+
+    def finished(event):  # each job, run or not, ends with one of these events
+        pending.discard(event.job_id)
+        if not pending:
+            all_done.set()
+
     store = MongoDBJobStore(database=database, host=uri, serializer="cloudpickle")
     scheduler = BackgroundScheduler(timezone=dt.timezone.utc, jobstores={"default": store})
+    scheduler.add_listener(finished, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR | EVENT_JOB_MISSED)
     scheduler.start()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not all(Path(outdir, k).exists() for k in kinds):
-        time.sleep(0.1)
+    all_done.wait(30)
     scheduler.shutdown()
+    sys.exit(0 if all_done.is_set() else f"jobs that did not run within 30 s: {sorted(pending)}")
     """
 )
 

@@ -6,7 +6,6 @@ import datetime as dt
 import logging
 import pickle
 import threading
-import time
 from typing import Any
 
 import pytest
@@ -15,7 +14,16 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from jobshelf.mongodb import FORMAT_FIELD
 
-from .helpers import UTC, document_ids, find_document, insert_document, make_job
+from .helpers import (
+    UTC,
+    RunLog,
+    document_ids,
+    find_document,
+    insert_document,
+    loop_is_alive,
+    make_job,
+    wait_for,
+)
 
 T0 = dt.datetime(2030, 1, 1, tzinfo=UTC)
 SERIALIZERS = ["pickle", "msgpack"]
@@ -114,11 +122,11 @@ def test_ids_of_other_types_are_quarantined(make_store: Any, scheduler: Backgrou
     assert [q.id for q in store.get_quarantined_jobs()] == [7]
 
 
-RUNS: list[str] = []
+RUNS = RunLog()
 
 
 def tick(name: str) -> None:
-    RUNS.append(name)
+    RUNS.record(name)
 
 
 @pytest.mark.parametrize("serializer", SERIALIZERS)
@@ -135,13 +143,10 @@ def test_a_scheduler_keeps_running_beside_hostile_documents(
     running.start()
     try:
         running.add_job(tick, IntervalTrigger(seconds=0.2), args=["good"], id="good", next_run_time=now)
-        deadline = time.monotonic() + 15
-        while RUNS.count("good") < 3 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert running._thread.is_alive()
+        assert RUNS.wait_until(lambda runs: runs["good"] >= 3, 15), RUNS.counts()
+        assert loop_is_alive(running)
     finally:
         running.shutdown()
-    assert RUNS.count("good") >= 3
     assert sorted(q.id for q in store.get_quarantined_jobs()) == ["bad", "empty"]
 
 
@@ -159,12 +164,15 @@ def quarantine_one(store: Any, scheduler: BackgroundScheduler, job_id: str = "br
 def test_quarantined_jobs_are_listed_oldest_first(make_store: Any, scheduler: BackgroundScheduler) -> None:
     store = make_store()
     store.start(scheduler, "default")
-    quarantine_one(store, scheduler, "first")
-    time.sleep(0.01)
-    quarantine_one(store, scheduler, "second")
+    quarantine_one(store, scheduler, "z-first")  # ids in the other order: ties are sorted by id
+    (first,) = store.get_quarantined_jobs()
+    assert first.at is not None
+    # the next quarantine comes a measurable instant later (the database keeps milliseconds)
+    assert wait_for(lambda: dt.datetime.now(UTC) >= first.at + dt.timedelta(milliseconds=2), 5)
+    quarantine_one(store, scheduler, "a-second")
     listed = store.get_quarantined_jobs()
-    assert [q.id for q in listed] == ["first", "second"]
-    first = listed[0]
+    assert [q.id for q in listed] == ["z-first", "a-second"]
+    assert listed[0] == first
     assert first.format == "pickle"
     assert first.error_type == "jobshelf.DeserializationError"
     assert "tests.not_deployed_yet" in first.message

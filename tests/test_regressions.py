@@ -30,7 +30,7 @@ from jobshelf.mongodb import FORMAT_FIELD
 from jobshelf.serializers.msgpack import EXT_CODES, MAX_DEPTH, MAX_EXT_VALUES
 from jobshelf.testing import sample_state
 
-from .helpers import UTC, document_ids, find_document, insert_document, make_job
+from .helpers import UTC, RunLog, document_ids, find_document, insert_document, loop_is_alive, make_job
 
 T0 = dt.datetime(2030, 1, 1, tzinfo=UTC)
 
@@ -154,11 +154,11 @@ class Opaque:
         return hash(self.value)
 
 
-RUNS: list[str] = []
+RUNS = RunLog()
 
 
 def record_run(name: str, _payload: Any = None) -> None:
-    RUNS.append(name)
+    RUNS.record(name)
 
 
 def test_lazy_migration_keeps_an_unencodable_job_in_its_format_and_the_scheduler_alive(
@@ -177,13 +177,12 @@ def test_lazy_migration_keeps_an_unencodable_job_in_its_format_and_the_scheduler
     with caplog.at_level(logging.WARNING):
         scheduler.start()
         try:
-            deadline = time.monotonic() + 20
-            while (RUNS.count("opaque") < 3 or RUNS.count("plain") < 3) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert scheduler._thread.is_alive()  # the loop survived the update it could not encode
+            assert RUNS.wait_until(lambda runs: runs["opaque"] >= 3 and runs["plain"] >= 3, 20), (
+                RUNS.counts()
+            )  # fmt: skip
+            assert loop_is_alive(scheduler)  # the loop survived the update it could not encode
         finally:
             scheduler.shutdown(wait=True)
-    assert RUNS.count("opaque") >= 3 and RUNS.count("plain") >= 3, RUNS
     opaque = find_document(store, "opaque")
     plain = find_document(store, "plain")
     assert opaque is not None and plain is not None
@@ -378,13 +377,10 @@ def test_a_job_that_ran_but_cannot_be_written_back_is_quarantined_not_raised() -
             scheduler.add_job(
                 record_run, IntervalTrigger(seconds=0.2), args=[job_id], id=job_id, next_run_time=now
             )
-        deadline = time.monotonic() + 15
-        while RUNS.count("steady") < 4 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert scheduler._thread.is_alive()  # the update that could not be encoded did not kill it
+        assert RUNS.wait_until(lambda runs: runs["steady"] >= 4, 15), RUNS.counts()
+        assert loop_is_alive(scheduler)  # the update that could not be encoded did not kill it
     finally:
         scheduler.shutdown()
-    assert RUNS.count("flaky") == 1  # it ran once, then left the schedule instead of firing again
-    assert RUNS.count("steady") >= 4
+    assert RUNS["flaky"] == 1  # it ran once, then left the schedule instead of firing again
     (quarantined,) = store.get_quarantined_jobs()
     assert quarantined.id == "flaky" and "cannot encode the job state any more" in quarantined.message
