@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 EXAMPLES := $(wildcard serializers/*/pyproject.toml)
 STAMP := $(VENV)/.jobshelf-installed
 
-.PHONY: test lint pytest bench fuzz clean
+.PHONY: test lint pytest bench fuzz test-pythons clean
 
 ## make test: create .venv, install jobshelf with its test extras and the example serializers,
 ## then lint (ruff, mypy --strict) and run the test suite against embedded real servers.
@@ -24,13 +24,20 @@ lint: $(STAMP)
 pytest: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-## make fuzz: the long fuzz run (100,000 inputs per property; opt-in, about a quarter of an hour).
+## make fuzz [FUZZ_EXAMPLES=N]: the long fuzz run, opt-in: every test marked `fuzz` (tests/test_fuzz.py
+## and any other), N inputs per property (default 100,000), passed as JOBSHELF_FUZZ_EXAMPLES.
+FUZZ_EXAMPLES ?= 100000
 fuzz: $(STAMP)
-	JOBSHELF_FUZZ_EXAMPLES=$(or $(EXAMPLES),100000) $(PY) -m pytest -q -p no:randomly tests/test_fuzz.py
+	JOBSHELF_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -p no:randomly -m fuzz tests serializers
 
 ## make bench [QUICK=1] [ARGS="--server nx"]: benchmarks on the embedded SecantusDB server.
 bench: $(STAMP)
 	$(PY) -m benchmarks $(if $(QUICK),--quick) $(ARGS)
 
+## make test-pythons [PYTHONS="3.9 3.13"]: the test suite on each Python version pyproject.toml lists,
+## one after another, each in its own .venv-X.Y (pythonX.Y on PATH, or ~/.pyenv/versions/X.Y.*).
+test-pythons:
+	.ci/test-pythons $(PYTHONS)
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .venv-* .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,28 +1,32 @@
 """Fuzzing the decoders that promise to run no code: only DeserializationError may escape.
 
 ``JOBSHELF_FUZZ_EXAMPLES`` sets the inputs per property (default 300; ``make fuzz`` runs 100,000
-per property and prints the figures recorded in the README). Every input is decoded under an audit
-hook: an import, exec, compile or process start fails the test, and so does an input that takes
-more than a generous bound of time or memory (a hang or a blow-up, not a speed target).
+per property and prints each property's figures). Every input is decoded under an audit hook: an
+import, exec, compile or process start fails the test, and so does an input that takes more than a
+generous bound of time or memory (a hang or a blow-up, not a speed target). Each test counts and
+reports its own inputs, so any one of them runs alone, in any order.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
+import dataclasses
 import time
 import tracemalloc
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from jobshelf import DeserializationError, MsgpackStateSerializer, SignedSerializer
 from jobshelf.testing import job_states, load_state
 
-from .helpers import audit_events
+from .helpers import audit_events, fuzz_examples
 
-EXAMPLES = int(os.environ.get("JOBSHELF_FUZZ_EXAMPLES", "300"))
+pytestmark = pytest.mark.fuzz
+
+EXAMPLES = fuzz_examples()
 FUZZ = settings(
     max_examples=EXAMPLES, deadline=None, database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
@@ -30,10 +34,32 @@ FUZZ = settings(
 #: Per input: generous bounds that only a hang or a blow-up would cross.
 SECONDS = 5.0
 PEAK_BYTES = 64 * 1024 * 1024
-STATS: dict[str, float] = {"inputs": 0, "slowest": 0.0, "peak": 0}
 
 MSGPACK = MsgpackStateSerializer()
 SIGNED = SignedSerializer("msgpack", keys=[b"k" * 32])
+
+
+@dataclasses.dataclass
+class FuzzFigures:
+    """What one property's run saw: inputs decoded, the slowest, the largest peak of memory."""
+
+    inputs: int = 0
+    slowest: float = 0.0
+    peak: int = 0
+
+    def add(self, elapsed: float, peak: int) -> None:
+        self.inputs += 1
+        self.slowest = max(self.slowest, elapsed)
+        self.peak = max(self.peak, peak)
+
+    def report(self, name: str, capsys: pytest.CaptureFixture[str]) -> None:
+        """Fail if the run saw almost nothing; print the figures (``make fuzz`` shows them)."""
+        assert self.inputs >= EXAMPLES * 0.9, f"{name}: only {self.inputs} of {EXAMPLES} inputs ran"
+        with capsys.disabled():
+            print(
+                f"\nfuzz {name}: {self.inputs} inputs, slowest {self.slowest * 1000:.1f} ms, "
+                f"peak {self.peak / 1024:.0f} KiB per input"
+            )
 
 
 def mutations(valid: st.SearchStrategy[bytes]) -> st.SearchStrategy[bytes]:
@@ -63,7 +89,7 @@ def mutations(valid: st.SearchStrategy[bytes]) -> st.SearchStrategy[bytes]:
     return mutate()
 
 
-def decode_bounded(serializer: Any, data: bytes) -> None:
+def decode_bounded(serializer: Any, data: bytes, figures: FuzzFigures) -> None:
     """Decode: only DeserializationError, no dangerous event, bounded time and memory."""
     tracemalloc.start()
     started = time.perf_counter()
@@ -77,37 +103,43 @@ def decode_bounded(serializer: Any, data: bytes) -> None:
     assert events == [], events
     assert elapsed < SECONDS, f"{elapsed:.1f} s for {data[:60]!r}"
     assert peak < PEAK_BYTES, f"{peak} bytes for {data[:60]!r}"
-    STATS["inputs"] += 1
-    STATS["slowest"] = max(STATS["slowest"], elapsed)
-    STATS["peak"] = max(STATS["peak"], peak)
+    figures.add(elapsed, peak)
 
 
 valid_msgpack = job_states().map(MSGPACK.dumps)
 
 
-@FUZZ
-@given(data=st.binary(max_size=512))
-def test_msgpack_state_random_bytes(data: bytes) -> None:
-    decode_bounded(MSGPACK, data)
+def test_msgpack_state_random_bytes(capsys: pytest.CaptureFixture[str]) -> None:
+    figures = FuzzFigures()
+
+    @FUZZ
+    @given(data=st.binary(max_size=512))
+    def decode(data: bytes) -> None:
+        decode_bounded(MSGPACK, data, figures)
+
+    decode()
+    figures.report("msgpack-state random bytes", capsys)
 
 
-@FUZZ
-@given(data=mutations(valid_msgpack))
-def test_msgpack_state_mutated_payloads(data: bytes) -> None:
-    decode_bounded(MSGPACK, data)
+def test_msgpack_state_mutated_payloads(capsys: pytest.CaptureFixture[str]) -> None:
+    figures = FuzzFigures()
+
+    @FUZZ
+    @given(data=mutations(valid_msgpack))
+    def decode(data: bytes) -> None:
+        decode_bounded(MSGPACK, data, figures)
+
+    decode()
+    figures.report("msgpack-state mutated", capsys)
 
 
-@FUZZ
-@given(data=st.one_of(st.binary(max_size=256), mutations(job_states().map(SIGNED.dumps))))
-def test_signed_payloads(data: bytes) -> None:
-    decode_bounded(SIGNED, data)
+def test_signed_payloads(capsys: pytest.CaptureFixture[str]) -> None:
+    figures = FuzzFigures()
 
+    @FUZZ
+    @given(data=st.one_of(st.binary(max_size=256), mutations(job_states().map(SIGNED.dumps))))
+    def decode(data: bytes) -> None:
+        decode_bounded(SIGNED, data, figures)
 
-def test_fuzz_figures_are_reported(capsys: Any) -> None:
-    """Prints what the runs above saw (``make fuzz`` shows it); fails if they saw nothing."""
-    assert STATS["inputs"] >= 3 * EXAMPLES * 0.9
-    with capsys.disabled():
-        print(
-            f"\nfuzz: {int(STATS['inputs'])} inputs, slowest {STATS['slowest'] * 1000:.1f} ms, "
-            f"peak {STATS['peak'] / 1024:.0f} KiB per input"
-        )
+    decode()
+    figures.report("signed payloads", capsys)
