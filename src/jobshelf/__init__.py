@@ -8,6 +8,7 @@ Public names are re-exported here from private modules::
 
 from __future__ import annotations
 
+from ._core import MigrationResult, QuarantinedJob, StoredJob
 from ._exceptions import (
     DeserializationError,
     JobshelfError,
@@ -20,7 +21,6 @@ from ._exceptions import (
 from ._jobstate import job_to_state, state_to_job
 from ._marshal import StateMarshaller, TriggerCodec, register_trigger, registered_triggers, unregister_trigger
 from ._resolve import available_serializers, resolve_serializer
-from ._rows import MigrationResult, QuarantinedJob, StoredJob
 from ._serializer import Serializer, SerializerSpec, format_name
 from .memory import MemoryJobStore, MemoryStorage
 from .mongodb import MongoDBJobStore

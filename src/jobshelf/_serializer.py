@@ -19,6 +19,7 @@ from ._exceptions import (
 
 __all__ = [
     "STATE_KEYS",
+    "RestrictedReading",
     "Serializer",
     "SerializerSpec",
     "decode_with",
@@ -47,7 +48,8 @@ class Serializer(Protocol):
     ``coalesce``, ``max_instances``, ``next_run_time``). Both methods take their argument
     positionally, so plain modules such as :mod:`pickle` or ``cloudpickle`` satisfy the protocol.
 
-    Optional attributes a serializer may declare (read with :func:`getattr`, never required):
+    Optional capabilities are declared explicitly: :class:`RestrictedReading` (a
+    ``loads_restricted`` method). Optional attributes a serializer may declare (never required):
 
     ``format_name`` (str)
         the tag stored beside the bytes; defaults to the registered name or ``module:Class``
@@ -68,6 +70,21 @@ class Serializer(Protocol):
 
     def loads(self, data: bytes, /) -> dict[str, Any]:
         """Decode bytes written by :meth:`dumps`. Raise :class:`DeserializationError` on bad data."""
+        ...
+
+
+@runtime_checkable
+class RestrictedReading(Protocol):
+    """An optional capability: decoding with only the globals a policy allows.
+
+    A serializer that can read its bytes without importing or calling anything outside an
+    allow-list declares it by defining ``loads_restricted``. A store configured with
+    ``allowed_callables`` then reads that format only through it, and so does the CLI.
+    """
+
+    def loads_restricted(self, data: bytes, allows_global: Callable[[str, str], bool], /) -> dict[str, Any]:
+        """Decode like ``loads``, admitting a global ``(module, qualname)`` only when
+        ``allows_global`` says so. Raise :class:`DeserializationError` for anything else."""
         ...
 
 

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import Any
 
-from ._rows import Row, StoredJob, WriteRecord
-from ._store import StoreCore
+from ._core import CORE_OPTIONS, MalformedTag, Row, StoreCore, StoredJob, WriteRecord, check_unknown
 
 __all__ = ["MemoryJobStore", "MemoryStorage"]
 
@@ -71,6 +70,7 @@ class MemoryJobStore(StoreCore):
     """
 
     def __init__(self, *, storage: MemoryStorage | None = None, **options: Any) -> None:
+        check_unknown(type(self).__name__, options, CORE_OPTIONS | {"storage"})
         super().__init__(**options)
         self.storage = storage if storage is not None else MemoryStorage()
 
@@ -90,14 +90,16 @@ class MemoryJobStore(StoreCore):
     def _fetch_all(self) -> Iterable[Row]:
         return self._rows(lambda d: True)
 
-    def _next_timestamp(self) -> float | None:
-        times = [
-            float(d["next_run_time"])
-            for d in self.storage._select(
-                lambda d: _is_time(d.get("next_run_time")) and self.accepts(d.get(_FORMAT))
+    def _earliest(self, exclude: Collection[Any]) -> tuple[Any, Any] | None:
+        found = self.storage._select(
+            lambda d: (
+                _is_time(d.get("next_run_time")) and d["_id"] not in exclude and self.accepts(d.get(_FORMAT))
             )
-        ]
-        return min(times, default=None)
+        )
+        if not found:
+            return None
+        first = min(found, key=lambda d: (d["next_run_time"], str(d["_id"])))
+        return first["next_run_time"], first["_id"]
 
     def _insert(self, record: WriteRecord) -> bool:
         return self.storage.insert(_document(record))
@@ -122,12 +124,14 @@ class MemoryJobStore(StoreCore):
             ):
                 del self.storage._documents[document["_id"]]
 
-    def _format_counts(self) -> dict[Any, int]:
+    def _format_counts(self, *, quarantined: bool) -> dict[Any, int]:
         counts: dict[Any, int] = {}
-        for document in self.storage._select(lambda d: _QUARANTINE not in d and "job_state" in d):
+        for document in self.storage._select(
+            lambda d: (quarantined or _QUARANTINE not in d) and "job_state" in d
+        ):
             fmt = document.get(_FORMAT)
-            if fmt is None or isinstance(fmt, str):
-                counts[fmt] = counts.get(fmt, 0) + 1
+            key = MalformedTag.of(fmt)
+            counts[key] = counts.get(key, 0) + 1
         return counts
 
     def _count_quarantined(self) -> int:
@@ -168,18 +172,27 @@ class MemoryJobStore(StoreCore):
 
     def _scan(self) -> Iterator[StoredJob]:
         for document in sorted(self.storage.documents(), key=lambda d: str(d["_id"])):
-            yield StoredJob(
-                document["_id"], document.get(_FORMAT), document.get("next_run_time"),
-                document.get("job_state"), document.get(_QUARANTINE),
-            )  # fmt: skip
+            yield _stored(document)
 
-    def _unquarantine(self, row: Row, next_run_time: float | None) -> bool:
+    def _fetch_stored(self, job_id: Any) -> StoredJob | None:
+        document = self.storage.find(job_id)
+        return _stored(document) if document is not None else None
+
+    def _set_index(self, row: Row, timestamp: float | None) -> bool:
+        with self.storage.lock:
+            document = self.storage._documents.get(row.id)
+            if document is None or _QUARANTINE in document or document.get("job_state") is not row.data:
+                return False
+            document["next_run_time"] = timestamp
+            return True
+
+    def _unquarantine(self, row: Row, timestamp: float | None) -> bool:
         with self.storage.lock:
             document = self.storage._documents.get(row.id)
             if document is None or _QUARANTINE not in document or document.get("job_state") is not row.data:
                 return False
             del document[_QUARANTINE]
-            document["next_run_time"] = next_run_time
+            document["next_run_time"] = timestamp
             return True
 
 
@@ -203,3 +216,11 @@ def _document(record: WriteRecord) -> dict[str, Any]:
         "_id": record.id, "next_run_time": record.next_run_time, "job_state": record.data,
         _FORMAT: record.format, _REVISION: record.revision,
     }  # fmt: skip
+
+
+def _stored(document: dict[str, Any]) -> StoredJob:
+    record = document.get(_QUARANTINE)
+    return StoredJob(
+        document["_id"], document.get(_FORMAT), document.get("next_run_time"), document.get("job_state"),
+        record if isinstance(record, dict) or record is None else {},
+    )  # fmt: skip

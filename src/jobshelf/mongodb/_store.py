@@ -10,20 +10,32 @@ from __future__ import annotations
 import math
 import pickle
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from typing import Any
 
 from apscheduler.util import maybe_ref
 
+from .._core import (
+    CORE_OPTIONS,
+    DEFAULT_MAX_STATE_BYTES,
+    UNTAGGED_FORMAT,
+    MalformedTag,
+    Row,
+    StoreCore,
+    StoredJob,
+    WriteRecord,
+    check_unknown,
+)
+from .._core.options import as_bool, as_number
+from .._core.reading import as_timestamp
 from .._exceptions import SerializationError
-from .._rows import Row, StoredJob, WriteRecord
 from .._serializer import SerializerSpec
-from .._store import DEFAULT_MAX_STATE_BYTES, UNTAGGED_FORMAT, StoreCore
 from ._leases import DONE_EVENTS, LEASE_FIELD, Leases, Watcher
 
 try:
     from bson.binary import Binary
     from pymongo import ASCENDING, MongoClient
+    from pymongo.common import validate as _pymongo_validate
     from pymongo.errors import ConnectionFailure, DocumentTooLarge, DuplicateKeyError
 except ImportError as exc:  # pragma: no cover - pymongo is a dependency
     raise ImportError("jobshelf.MongoDBJobStore requires pymongo: pip install pymongo") from exc
@@ -38,6 +50,11 @@ REVISION_FIELD = "job_state_rev"
 QUARANTINE_FIELD = "quarantine"
 
 _SORT = [("next_run_time", ASCENDING), ("_id", ASCENDING)]
+#: Every option of MongoDBJobStore itself (anything else goes to MongoClient).
+_OPTIONS = CORE_OPTIONS | {"database", "collection", "client", "shared", "lease", "recheck"}
+#: MongoClient's own parameters (its other options are checked with pymongo's validator).
+_CLIENT_PARAMETERS = frozenset({"host", "port", "document_class", "tz_aware", "connect", "type_registry"})
+_STORED_PROJECTION = ["next_run_time", "job_state", FORMAT_FIELD, QUARANTINE_FIELD]
 # What reads need (each projected field costs on some servers). The revision is read again, with
 # the state, when a job has to be quarantined.
 _READ_PROJECTION = ["job_state", FORMAT_FIELD, QUARANTINE_FIELD]
@@ -95,7 +112,7 @@ class MongoDBJobStore(StoreCore):
         no change streams (shared mode)
     """
 
-    _transient_errors = (ConnectionFailure,)
+    transient_errors = (ConnectionFailure,)
 
     def __init__(
         self,
@@ -118,6 +135,16 @@ class MongoDBJobStore(StoreCore):
             raise ValueError('The "database" parameter must not be empty')
         if not collection:
             raise ValueError('The "collection" parameter must not be empty')
+        check_unknown(type(self).__name__, connect_args, _OPTIONS, passed_on=_is_client_option)
+        shared = as_bool("shared", shared)
+        if shared:
+            lease = as_number("lease", lease)
+            recheck = as_number("recheck", recheck)
+        elif (lease, recheck) != (30, 1.0):
+            raise ValueError(
+                f"lease={lease!r} and recheck={recheck!r} apply to shared mode only; pass shared=True "
+                "(several schedulers share this collection) or leave them out"
+            )
         super().__init__(
             serializer=serializer,
             accept=accept,
@@ -128,6 +155,10 @@ class MongoDBJobStore(StoreCore):
         )
         self.pickle_protocol = pickle_protocol
         self._binary_filters = True  # cleared on servers that cannot match binary values
+        self.shared = shared
+        self._recheck = float(recheck)
+        self._watcher: Watcher | None = None
+        self._planned = math.inf  # the wake-up time last given to the scheduler (shared mode)
         self._owns_client = not client
         if client:
             self.client = maybe_ref(client)
@@ -135,13 +166,7 @@ class MongoDBJobStore(StoreCore):
             connect_args.setdefault("w", 1)
             self.client = MongoClient(**connect_args)
         self.collection = self.client[database][collection]
-        self.shared = bool(shared)
-        self._leases = Leases(self.collection, lease) if self.shared else None
-        if self.shared and not (isinstance(recheck, (int, float)) and recheck > 0):
-            raise ValueError(f"recheck must be a positive number of seconds, got {recheck!r}")
-        self._recheck = float(recheck)
-        self._watcher: Watcher | None = None
-        self._planned = math.inf  # the wake-up time last given to the scheduler (shared mode)
+        self._leases = Leases(self.collection, float(lease)) if self.shared else None
 
     def start(self, scheduler: Any, alias: str) -> None:
         """Create the index, check the formats and, in shared mode, start watching for changes."""
@@ -172,7 +197,8 @@ class MongoDBJobStore(StoreCore):
 
     def shutdown(self) -> None:
         """Stop watching and write the last releases (shared mode); close the MongoClient if this
-        store created it."""
+        store created it. The scheduler's last loop pass after this is answered quietly."""
+        super().shutdown()
         if self._watcher is not None:
             self._watcher.stop()
             self._watcher.join(5)
@@ -229,29 +255,37 @@ class MongoDBJobStore(StoreCore):
 
     def _next_timestamp(self) -> float | None:
         if self._leases is not None:
-            times = self._leases.next_times(self._claimable())
+            times = [
+                t for t in map(as_timestamp, self._leases.next_times(self._claimable())) if t is not None
+            ]
             self._planned = min(times, default=math.inf)
-            return min(times) if times else None
+            return min(times, default=None)
+        return super()._next_timestamp()
+
+    def _earliest(self, exclude: Collection[Any]) -> tuple[Any, Any] | None:
         projection = ["next_run_time", FORMAT_FIELD]
         sort = [("next_run_time", ASCENDING)]
-        document = self.collection.find_one(_SCHEDULED, projection, sort=sort)
+        conditions: dict[str, Any] = dict(_SCHEDULED)
+        if exclude:
+            conditions["_id"] = {"$nin": list(exclude)}
+        document = self.collection.find_one(conditions, projection, sort=sort)
         if document is not None and not self.accepts(document.get(FORMAT_FIELD)):
             # The earliest job is another store's: ask again for ours only.
             document = self.collection.find_one(
-                {**_SCHEDULED, **self._accepted_filter()}, projection, sort=sort
+                {**conditions, **self._accepted_filter()}, projection, sort=sort
             )
-        return float(document["next_run_time"]) if document is not None else None
+        return (document.get("next_run_time"), document.get("_id")) if document is not None else None
 
-    def _format_counts(self) -> dict[Any, int]:
-        pipeline = [
-            {"$match": {QUARANTINE_FIELD: {"$exists": False}, "job_state": {"$exists": True}}},
-            {"$group": {"_id": f"${FORMAT_FIELD}", "count": {"$sum": 1}}},
-        ]
+    def _format_counts(self, *, quarantined: bool) -> dict[Any, int]:
+        match: dict[str, Any] = {"job_state": {"$exists": True}}
+        if not quarantined:
+            match[QUARANTINE_FIELD] = {"$exists": False}
+        pipeline = [{"$match": match}, {"$group": {"_id": f"${FORMAT_FIELD}", "count": {"$sum": 1}}}]
         counts: dict[Any, int] = {}
         for row in self.collection.aggregate(pipeline):
             fmt = row["_id"]
-            if fmt is None or isinstance(fmt, str):  # other values: malformed, quarantined on read
-                counts[fmt] = counts.get(fmt, 0) + int(row["count"])
+            key = MalformedTag.of(fmt)
+            counts[key] = counts.get(key, 0) + int(row["count"])
         return counts
 
     def _count_quarantined(self) -> int:
@@ -375,19 +409,30 @@ class MongoDBJobStore(StoreCore):
         return self._update_unchanged(row.id, row.data, row.revision, {"$set": document})
 
     def _scan(self) -> Iterator[StoredJob]:
-        fields = ["next_run_time", "job_state", FORMAT_FIELD, QUARANTINE_FIELD]
-        for document in self.collection.find({}, fields, sort=[("_id", ASCENDING)]):
-            record = document.get(QUARANTINE_FIELD)
-            yield StoredJob(
-                document.get("_id"), document.get(FORMAT_FIELD), document.get("next_run_time"),
-                document.get("job_state"), record if isinstance(record, dict) or record is None else {},
-            )  # fmt: skip
+        for document in self.collection.find({}, _STORED_PROJECTION, sort=[("_id", ASCENDING)]):
+            yield _stored(document)
 
-    def _unquarantine(self, row: Row, next_run_time: float | None) -> bool:
-        update = {"$set": {"next_run_time": next_run_time}, "$unset": {QUARANTINE_FIELD: ""}}
+    def _fetch_stored(self, job_id: Any) -> StoredJob | None:
+        document = self.collection.find_one({"_id": job_id}, _STORED_PROJECTION)
+        return _stored(document) if document is not None else None
+
+    def _set_index(self, row: Row, timestamp: float | None) -> bool:
+        update = {"$set": {"next_run_time": timestamp}}
+        return self._update_unchanged(row.id, row.data, row.revision, update, quarantined=False)
+
+    def _unquarantine(self, row: Row, timestamp: float | None) -> bool:
+        update = {"$set": {"next_run_time": timestamp}, "$unset": {QUARANTINE_FIELD: ""}}
         return self._update_unchanged(row.id, row.data, row.revision, update)
 
-    def _update_unchanged(self, job_id: Any, data: Any, revision: Any, update: dict[str, Any]) -> bool:
+    def _update_unchanged(
+        self,
+        job_id: Any,
+        data: Any,
+        revision: Any,
+        update: dict[str, Any],
+        *,
+        quarantined: bool | None = None,
+    ) -> bool:
         """Apply ``update`` only if the document still holds the state just read.
 
         jobshelf's writes carry a fresh revision, so for them the condition is the revision alone,
@@ -395,10 +440,13 @@ class MongoDBJobStore(StoreCore):
         bytes where the server can (NX-27017, for one, cannot match binary values; there, and only
         for such documents, it is compared here and updated by id).
         """
+        base: dict[str, Any] = {"_id": job_id}
+        if quarantined is not None:
+            base[QUARANTINE_FIELD] = {"$exists": quarantined}
         if revision is not None:
-            result = self.collection.update_one({"_id": job_id, REVISION_FIELD: revision}, update)
+            result = self.collection.update_one({**base, REVISION_FIELD: revision}, update)
             return bool(result.matched_count)
-        untagged = {"_id": job_id, REVISION_FIELD: {"$exists": False}}
+        untagged = {**base, REVISION_FIELD: {"$exists": False}}
         if self._binary_filters or not isinstance(data, bytes):
             if self.collection.update_one({**untagged, "job_state": data}, update).matched_count:
                 return True
@@ -416,6 +464,25 @@ class MongoDBJobStore(StoreCore):
         if UNTAGGED_FORMAT in formats:
             formats.append(None)  # untagged stock documents
         return {FORMAT_FIELD: {"$in": formats}}
+
+
+def _stored(document: dict[str, Any]) -> StoredJob:
+    record = document.get(QUARANTINE_FIELD)
+    return StoredJob(
+        document.get("_id"), document.get(FORMAT_FIELD), document.get("next_run_time"),
+        document.get("job_state"), record if isinstance(record, dict) or record is None else {},
+    )  # fmt: skip
+
+
+def _is_client_option(name: str) -> bool:
+    """True when pymongo's MongoClient takes the option (its own check, case-insensitive)."""
+    if name in _CLIENT_PARAMETERS:
+        return True
+    try:
+        _pymongo_validate(name, None)
+    except Exception as exc:
+        return "Unknown option" not in str(exc) and "is not a valid option" not in str(exc)
+    return True
 
 
 def _row(document: dict[str, Any]) -> Row:

@@ -5,7 +5,28 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, NamedTuple
 
-__all__ = ["MigrationResult", "QuarantinedJob", "Row", "StoredJob", "WriteRecord", "public_error_name"]
+from .. import _exceptions
+
+__all__ = [
+    "MalformedTag",
+    "MigrationResult",
+    "QuarantinedJob",
+    "Row",
+    "StoredJob",
+    "WriteRecord",
+    "public_error_name",
+]
+
+
+class MalformedTag(str):
+    """A stored format tag that is not a string, counted under its ``repr`` (never a format name)."""
+
+    __slots__ = ()
+
+    @classmethod
+    def of(cls, fmt: Any) -> Any:
+        """``fmt`` itself when it is a string or ``None`` (untagged), else a :class:`MalformedTag`."""
+        return fmt if fmt is None or type(fmt) is str else cls(repr(fmt))
 
 
 class Row(NamedTuple):
@@ -100,9 +121,6 @@ class MigrationResult(NamedTuple):
 def public_error_name(exc: BaseException) -> str:
     """``jobshelf.DeserializationError`` rather than a private module path."""
     cls = type(exc)
-    if cls.__module__.startswith("jobshelf."):
-        import jobshelf
-
-        if getattr(jobshelf, cls.__name__, None) is cls:
-            return f"jobshelf.{cls.__name__}"
+    if getattr(_exceptions, cls.__name__, None) is cls and cls.__name__ in _exceptions.__all__:
+        return f"jobshelf.{cls.__name__}"  # the package re-exports every public error
     return f"{cls.__module__}.{cls.__qualname__}"

@@ -1,0 +1,223 @@
+"""Rows to jobs: accept, decode, validate, quarantine, and the index treated as a hint.
+
+The decoded state is authoritative for what runs and when. Every other field of a stored row is a
+hint that, whatever value it holds, can at most delay or skip its own job:
+
+- the indexed next run time decides only which rows are read; a row read as due whose state is
+  not due is skipped and its index rewritten from the state (or, if that write fails, left out of
+  the next-run-time query and remembered by its state's time, so the loop cannot spin on it);
+- an index value that is no time at all (non-finite, beyond the calendar, not a number) is never
+  handed to APScheduler;
+- a shared store's abandoned fire time is used only when it is the trigger's fire time just
+  before the state's next run time (so it can never add run times the state does not have).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+from apscheduler.job import Job
+from apscheduler.util import datetime_to_utc_timestamp, utc_timestamp_to_datetime
+
+from .._exceptions import DeserializationError
+from .._jobstate import state_to_job
+from .._policy import CallablePolicy, validate_state
+from .._serializer import decode_with
+from .adapter import StorageAdapter
+from .formats import FormatTable
+from .rows import Row
+
+__all__ = ["MAX_SUSPECTS", "Reading", "as_timestamp"]
+
+#: The most rows whose index could not be repaired that a store remembers.
+MAX_SUSPECTS = 10_000
+_MIN_TIMESTAMP = dt.datetime(1, 1, 2, tzinfo=dt.timezone.utc).timestamp()
+_MAX_TIMESTAMP = dt.datetime(9999, 12, 30, tzinfo=dt.timezone.utc).timestamp()
+
+
+def as_timestamp(value: Any) -> float | None:
+    """A stored next run time as a UTC timestamp APScheduler can turn into a datetime, or
+    ``None`` when it is no such thing (any other type, non-finite, beyond the calendar)."""
+    if type(value) not in (float, int):
+        return None
+    timestamp = float(value)
+    if not (math.isfinite(timestamp) and _MIN_TIMESTAMP <= timestamp <= _MAX_TIMESTAMP):
+        return None
+    return timestamp
+
+
+class Reading(StorageAdapter):
+    """The read half of the store core (mixed into :class:`~.store.StoreCore`)."""
+
+    _formats: FormatTable
+    _policy: CallablePolicy
+    _logger: logging.Logger
+    _scheduler: Any
+    _alias: str
+    max_state_bytes: int
+    _suspects: dict[Any, float | None]
+    _suspects_lock: threading.Lock
+
+    def _quarantine_row(self, row: Row, exc: BaseException, *, warn: bool = True) -> None:
+        raise NotImplementedError  # the quarantine operations'
+
+    def _init_reading(self) -> None:
+        # rows whose index disagrees with their state and could not be rewritten: id -> the
+        # state's next run time (None: paused)
+        self._suspects = {}
+        self._suspects_lock = threading.Lock()
+
+    def _rows_to_jobs(self, rows: Iterable[Row], now: float | None = None) -> list[Job]:
+        """Decode rows into jobs; with ``now``, only the jobs due by their state at ``now``."""
+        jobs = []
+        formats = self._formats
+        for row in rows:
+            # Quarantined jobs are out of the schedule; unaccepted formats belong to other stores.
+            if row.quarantined or (
+                (row.format is None or type(row.format) is str) and not formats.accepts(row.format)
+            ):
+                continue
+            try:
+                state = self._decode_state(row)
+            except Exception as exc:
+                self._quarantine_row(row, exc)
+                continue
+            fire_time = self._fire_time(row, state)
+            state_time = _state_time(state)
+            if now is not None:
+                due = fire_time is not None and fire_time <= now
+                if not due:
+                    self._distrust_index(row, state)
+                    continue
+            try:
+                job = state_to_job(state, self._scheduler, self._alias)
+            except Exception as exc:
+                self._quarantine_row(row, exc)
+                continue
+            if fire_time is not None and fire_time != state_time:  # a shared store's abandoned fire time
+                job.next_run_time = utc_timestamp_to_datetime(fire_time)
+            jobs.append(job)
+        return jobs
+
+    def _fire_time(self, row: Row, state: dict[str, Any]) -> float | None:
+        """When the row's job is due: the state's next run time or, for a shared store's abandoned
+        fire time, that time if it is the trigger's fire time just before the state's."""
+        state_time = _state_time(state)
+        if state_time is None:
+            return None
+        pending = as_timestamp(row.due_at)
+        if pending is None or pending >= state_time:
+            return state_time
+        try:
+            previous = utc_timestamp_to_datetime(pending)
+            following = state["trigger"].get_next_fire_time(previous, previous)
+            jitter = getattr(state["trigger"], "jitter", None) or 0
+            matches = (
+                following is not None and abs(datetime_to_utc_timestamp(following) - state_time) <= jitter
+            )
+        except Exception:
+            matches = False
+        if matches:
+            return pending
+        self._logger.warning(
+            'Job "%s": the fire time recorded in its lease (%r) is not a fire time of its trigger '
+            "before %s; ignored, the job runs as its state says",
+            row.id, row.due_at, state["next_run_time"],
+        )  # fmt: skip
+        return state_time
+
+    def _distrust_index(self, row: Row, state: dict[str, Any]) -> None:
+        """A row read as due whose state is not: rewrite its index from the state."""
+        state_time = _state_time(state)
+        try:
+            repaired = self._set_index(row, state_time)
+        except Exception as exc:
+            repaired = False
+            self._logger.debug("could not rewrite the index of job %r: %s", row.id, exc)
+        if repaired:
+            self._logger.warning(
+                'Job "%s": its indexed next run time disagreed with its state (next run %s); '
+                "rewritten from the state",
+                row.id, state["next_run_time"],
+            )  # fmt: skip
+            self._forget_suspect(row.id)
+            return
+        try:
+            current = self._fetch(row.id)
+        except Exception:
+            current = row
+        if current is None or (current.revision, current.data) != (row.revision, row.data):
+            return  # changed meanwhile: the next read sees the new state
+        with self._suspects_lock:
+            if row.id in self._suspects or len(self._suspects) < MAX_SUSPECTS:
+                self._suspects[row.id] = state_time
+
+    def _forget_suspect(self, job_id: Any) -> None:
+        if self._suspects:
+            with self._suspects_lock:
+                self._suspects.pop(job_id, None)
+
+    def _next_timestamp(self) -> float | None:
+        """The earliest next run time, from the index, never trusting a value it holds."""
+        with self._suspects_lock:
+            excluded = dict(self._suspects)
+        timestamp: float | None = None
+        for _ in range(8):
+            found = self._earliest(excluded)
+            if found is None:
+                break
+            value, job_id = found
+            timestamp = as_timestamp(value)
+            if timestamp is not None:
+                break
+            # Not a time: read the row's state and rewrite its index (bounded: at most 8 a call).
+            row = self._fetch(job_id)
+            state_time: float | None = None
+            if row is not None and not row.quarantined:
+                try:
+                    state = self._decode_state(row)
+                except Exception as exc:
+                    self._quarantine_row(row, exc)
+                else:
+                    self._distrust_index(row, state)
+                    state_time = _state_time(state)
+            excluded[job_id] = state_time
+        remembered = [t for t in excluded.values() if t is not None]
+        if timestamp is not None:
+            remembered.append(timestamp)
+        return min(remembered, default=None)
+
+    def _decode_state(self, row: Row) -> dict[str, Any]:
+        """Decode and check a row's state; its callable is not resolved (nothing imported)."""
+        decoder = self._formats.decoder_for(row.format, row.id)
+        data = row.data
+        if type(data) is str:
+            data = data.encode("utf-8")
+        elif isinstance(data, bytes):
+            data = bytes(data)  # a bytes subclass (bson.Binary of another subtype) as plain bytes
+        else:
+            raise DeserializationError(
+                f"job {row.id!r} has no encoded state (found {type(data).__name__}, expected bytes)"
+            )
+        limit = self.max_state_bytes
+        if len(data) > limit:
+            raise DeserializationError(
+                f"job {row.id!r} is {len(data)} bytes, more than max_state_bytes={limit}; it was not decoded"
+            )
+        try:
+            state = decode_with(decoder.name, decoder.decoder, data)
+        except DeserializationError as exc:
+            raise DeserializationError(f"job {row.id!r} ({decoder.name}): {exc}") from exc
+        validate_state(state, row.id, by_value=decoder.by_value)
+        self._policy.check_state(state, row.id)
+        return state
+
+
+def _state_time(state: dict[str, Any]) -> float | None:
+    next_run_time = state["next_run_time"]
+    return datetime_to_utc_timestamp(next_run_time) if next_run_time is not None else None
