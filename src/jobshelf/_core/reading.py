@@ -132,10 +132,17 @@ class Reading(StorageAdapter):
         return state_time
 
     def _distrust_index(self, row: Row, state: dict[str, Any]) -> None:
-        """A row read as due whose state is not: rewrite its index from the state."""
+        """A row read as due whose state is not: rewrite its index from the state, or remember
+        the state's time if that write fails (so the loop does not spin on the row)."""
         state_time = _state_time(state)
         try:
-            repaired = self._set_index(row, state_time)
+            current = self._fetch(row.id)  # with its revision, for the conditional write
+        except Exception:
+            current = row
+        if current is None or current.quarantined or current.data != row.data:
+            return  # changed meanwhile: the next read sees the new state
+        try:
+            repaired = self._set_index(current, state_time)
         except Exception as exc:
             repaired = False
             self._logger.debug("could not rewrite the index of job %r: %s", row.id, exc)
@@ -143,16 +150,11 @@ class Reading(StorageAdapter):
             self._logger.warning(
                 'Job "%s": its indexed next run time disagreed with its state (next run %s); '
                 "rewritten from the state",
-                row.id, state["next_run_time"],
-            )  # fmt: skip
+                row.id,
+                state["next_run_time"],
+            )
             self._forget_suspect(row.id)
             return
-        try:
-            current = self._fetch(row.id)
-        except Exception:
-            current = row
-        if current is None or (current.revision, current.data) != (row.revision, row.data):
-            return  # changed meanwhile: the next read sees the new state
         with self._suspects_lock:
             if row.id in self._suspects or len(self._suspects) < MAX_SUSPECTS:
                 self._suspects[row.id] = state_time
