@@ -104,11 +104,13 @@ def loop_is_alive(scheduler: Any, timeout: float = 10.0) -> bool:
     with contextlib.suppress(ValueError):  # added by an earlier call
         scheduler.add_jobstore(ApschedulerMemoryJobStore(), PROBE_STORE)
     ran = threading.Event()
+    probe = f"probe-{uuid.uuid4().hex}"
     scheduler.add_job(
-        ran.set, "date", run_date=dt.datetime.now(UTC), id=f"probe-{uuid.uuid4().hex}",
-        jobstore=PROBE_STORE, misfire_grace_time=None,
+        ran.set, "date", run_date=dt.datetime.now(UTC), id=probe, jobstore=PROBE_STORE, misfire_grace_time=None,
     )  # fmt: skip
-    return ran.wait(timeout)
+    # Also wait for the pass to remove the probe: a shutdown() in the middle of that pass makes
+    # APScheduler's own remove_job raise in its thread.
+    return ran.wait(timeout) and wait_for(lambda: scheduler.get_job(probe, PROBE_STORE) is None, timeout)
 
 
 def dummy_job(*args: Any, **kwargs: Any) -> None:

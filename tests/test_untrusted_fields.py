@@ -126,8 +126,8 @@ def test_a_running_scheduler_keeps_its_heartbeat_with_a_forged_index(
     store = CountingStore(database=database, client=mongo_client, serializer="msgpack")
     scheduler = BackgroundScheduler(timezone=UTC, jobstores={"default": store})
     scheduler.add_job(count_run, "interval", seconds=1, args=["heartbeat"], id="heartbeat")
-    scheduler.add_job(count_run, "date", run_date=dt.datetime.now(UTC) + dt.timedelta(hours=1), args=["victim"],
-                      id="victim")  # fmt: skip
+    in_an_hour = dt.datetime.now(UTC) + dt.timedelta(hours=1)
+    scheduler.add_job(count_run, "date", run_date=in_an_hour, args=["victim"], id="victim")
     scheduler.start()
     try:
         set_field(store, "victim", "next_run_time", value)
