@@ -105,9 +105,8 @@ def loop_is_alive(scheduler: Any, timeout: float = 10.0) -> bool:
         scheduler.add_jobstore(ApschedulerMemoryJobStore(), PROBE_STORE)
     ran = threading.Event()
     probe = f"probe-{uuid.uuid4().hex}"
-    scheduler.add_job(
-        ran.set, "date", run_date=dt.datetime.now(UTC), id=probe, jobstore=PROBE_STORE, misfire_grace_time=None,
-    )  # fmt: skip
+    now = dt.datetime.now(UTC)
+    scheduler.add_job(ran.set, "date", run_date=now, id=probe, jobstore=PROBE_STORE, misfire_grace_time=None)
     # Also wait for the pass to remove the probe: a shutdown() in the middle of that pass makes
     # APScheduler's own remove_job raise in its thread.
     return ran.wait(timeout) and wait_for(lambda: scheduler.get_job(probe, PROBE_STORE) is None, timeout)
