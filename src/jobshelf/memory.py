@@ -14,6 +14,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import Any
 
 from ._core import CORE_OPTIONS, MalformedTag, Row, StoreCore, StoredJob, WriteRecord, check_unknown
+from ._memory_history import MemoryHistorySink
 
 __all__ = ["MemoryJobStore", "MemoryStorage"]
 
@@ -26,11 +27,14 @@ class MemoryStorage:
 
     Documents have the MongoDB store's fields: ``_id``, ``next_run_time``, ``job_state``,
     ``job_state_format``, ``job_state_rev`` and, when quarantined, ``quarantine``.
+
+    ``runs`` holds the stores' execution records (``history=``), by history name.
     """
 
     def __init__(self) -> None:
         self.lock = threading.RLock()
         self._documents: dict[Any, dict[str, Any]] = {}
+        self.runs: dict[str, list[dict[str, Any]]] = {}
 
     def insert(self, document: dict[str, Any]) -> bool:
         """Store a copy of ``document`` (any fields, as another program might write); ``False`` when
@@ -65,14 +69,18 @@ class MemoryJobStore(StoreCore):
     :param storage: the storage to use (share one between stores to share their jobs); default: a
         new, private one
     :param options: the store core's: ``serializer``, ``accept``, ``pickle_protocol``,
-        ``allowed_callables``, ``allow_by_value``, ``max_state_bytes`` (see
-        :class:`jobshelf.MongoDBJobStore`)
+        ``allowed_callables``, ``allow_by_value``, ``max_state_bytes``, ``history``,
+        ``history_ttl``, ``history_buffer`` (see :class:`jobshelf.MongoDBJobStore`; execution
+        records are kept in the storage's ``runs``)
     """
 
     def __init__(self, *, storage: MemoryStorage | None = None, **options: Any) -> None:
         check_unknown(type(self).__name__, options, CORE_OPTIONS | {"storage"})
         super().__init__(**options)
         self.storage = storage if storage is not None else MemoryStorage()
+
+    def _history_sink(self, name: str | None) -> MemoryHistorySink:
+        return MemoryHistorySink(self.storage.lock, self.storage.runs, name or "runs", self.history_ttl)
 
     def _rows(self, keep: Callable[[dict[str, Any]], bool]) -> list[Row]:
         with self.storage.lock:

@@ -23,6 +23,7 @@ from .._policy import CallablePolicy
 from .._resolve import resolve_serializer
 from .._serializer import Serializer, SerializerSpec
 from .formats import UNTAGGED_FORMAT, Format, FormatTable
+from .history import DEFAULT_HISTORY_BUFFER, DEFAULT_HISTORY_TTL, HISTORY_OPTIONS, HistoryOperations
 from .loop import in_loop_of, install_loop_context
 from .options import as_bool, as_number
 from .rows import WriteRecord
@@ -36,10 +37,10 @@ DEFAULT_MAX_STATE_BYTES = 16 * 1024 * 1024 - 16 * 1024
 #: The options every jobshelf store takes.
 CORE_OPTIONS = frozenset(
     {"serializer", "accept", "pickle_protocol", "allowed_callables", "allow_by_value", "max_state_bytes"}
-)
+) | HISTORY_OPTIONS
 
 
-class StoreCore(OperatorTools, BaseJobStore):  # type: ignore[misc]
+class StoreCore(HistoryOperations, OperatorTools, BaseJobStore):  # type: ignore[misc]
     """The job store logic every jobshelf store shares; adapters add the database.
 
     :param serializer: how new and updated jobs are encoded (any ``serializer=`` spec)
@@ -50,6 +51,10 @@ class StoreCore(OperatorTools, BaseJobStore):  # type: ignore[misc]
         ``None`` (default) allows any
     :param allow_by_value: with ``allowed_callables``, also allow callables stored by value
     :param max_state_bytes: the largest encoded state written or decoded
+    :param history: record every fire time's run (``True``, or a collection name); see
+        :meth:`get_job_history`
+    :param history_ttl: seconds execution records are kept (default 7 days)
+    :param history_buffer: the most execution records waiting while the database is unreachable
     """
 
     def __init__(
@@ -61,6 +66,9 @@ class StoreCore(OperatorTools, BaseJobStore):  # type: ignore[misc]
         allowed_callables: Iterable[str] | None = None,
         allow_by_value: bool = False,
         max_state_bytes: int = DEFAULT_MAX_STATE_BYTES,
+        history: bool | str = False,
+        history_ttl: float = DEFAULT_HISTORY_TTL,
+        history_buffer: int = DEFAULT_HISTORY_BUFFER,
     ) -> None:
         super().__init__()
         self.serializer: Serializer = resolve_serializer(serializer, pickle_protocol=pickle_protocol)
@@ -77,6 +85,7 @@ class StoreCore(OperatorTools, BaseJobStore):  # type: ignore[misc]
         self._kept_format_warned: set[Any] = set()
         self._closed = False
         self._init_reading()
+        self._configure_history(history, history_ttl, history_buffer)  # execution history (opt-in)
 
     # ------------------------------------------------------------------------- configuration
 
@@ -128,11 +137,13 @@ class StoreCore(OperatorTools, BaseJobStore):  # type: ignore[misc]
                 "get_quarantined_jobs() or `jobshelf quarantine list`",
                 self._where(), quarantined, "" if quarantined == 1 else "s",
             )  # fmt: skip
+        self._start_history(scheduler, alias)  # execution history (opt-in)
 
     def shutdown(self) -> None:
         """Mark the store closed: the scheduler's last loop pass, which runs after its stores are
         shut down, is answered quietly (no jobs, no next run time)."""
         self._closed = True
+        self._stop_history()  # execution history: the last records written
 
     def format_counts(self) -> dict[str, int]:
         """Count the scheduled (not quarantined) jobs per format, untagged ones as pickle.
@@ -162,7 +173,9 @@ class StoreCore(OperatorTools, BaseJobStore):  # type: ignore[misc]
             return []
         self._flush_outbox()
         timestamp = datetime_to_utc_timestamp(now)
-        return self._rows_to_jobs(self._fetch_due(timestamp), now=timestamp)
+        jobs = self._rows_to_jobs(self._fetch_due(timestamp), now=timestamp)
+        self._note_due(jobs)  # execution history: when the loop picked them up
+        return jobs
 
     def get_next_run_time(self) -> dt.datetime | None:
         """The earliest next run time of the scheduled jobs, or ``None``.

@@ -26,10 +26,12 @@ from .._core import (
     WriteRecord,
     check_unknown,
 )
+from .._core.history import DEFAULT_HISTORY_BUFFER, DEFAULT_HISTORY_TTL
 from .._core.options import as_bool, as_number
 from .._core.reading import as_timestamp
 from .._exceptions import SerializationError
 from .._serializer import SerializerSpec
+from ._history import MongoHistorySink
 from ._leases import DONE_EVENTS, LEASE_FIELD, Leases, Watcher
 
 try:
@@ -110,6 +112,10 @@ class MongoDBJobStore(StoreCore):
     :param lease: seconds a claim lasts without renewal (shared mode; renewed while a job runs)
     :param recheck: seconds between checks for jobs added by other processes, where the server has
         no change streams (shared mode)
+    :param history: record every fire time's run in a sibling collection: ``True`` for
+        ``<collection>_runs``, or its name (see :meth:`get_job_history`)
+    :param history_ttl: seconds execution records are kept (a TTL index; default 7 days)
+    :param history_buffer: the most execution records waiting while the server cannot be reached
     """
 
     transient_errors = (ConnectionFailure,)
@@ -129,6 +135,9 @@ class MongoDBJobStore(StoreCore):
         shared: bool = False,
         lease: float = 30,
         recheck: float = 1.0,
+        history: bool | str = False,
+        history_ttl: float = DEFAULT_HISTORY_TTL,
+        history_buffer: int = DEFAULT_HISTORY_BUFFER,
         **connect_args: Any,
     ) -> None:
         if not database:
@@ -152,7 +161,8 @@ class MongoDBJobStore(StoreCore):
             allowed_callables=allowed_callables,
             allow_by_value=allow_by_value,
             max_state_bytes=max_state_bytes,
-        )
+            history=history, history_ttl=history_ttl, history_buffer=history_buffer,
+        )  # fmt: skip
         self.pickle_protocol = pickle_protocol
         self._binary_filters = True  # cleared on servers that cannot match binary values
         self.shared = shared
@@ -212,6 +222,11 @@ class MongoDBJobStore(StoreCore):
 
     def _where(self) -> str:
         return f"collection {self.collection.full_name!r}"
+
+    def _history_sink(self, name: str | None) -> MongoHistorySink:
+        """Execution records in a sibling collection: ``<collection>_runs`` unless named."""
+        database = self.collection.database
+        return MongoHistorySink(database[name or f"{self.collection.name}_runs"], self.history_ttl)
 
     # ------------------------------------------------------------------------- reads
 
