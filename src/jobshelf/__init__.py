@@ -9,6 +9,7 @@ Public names are re-exported here from private modules::
 from __future__ import annotations
 
 from ._core import MigrationResult, QuarantinedJob, StoredJob
+from ._core.history import HistorySummary, Holder, RunError, RunRecord
 from ._exceptions import (
     DeserializationError,
     JobshelfError,
@@ -31,6 +32,8 @@ __version__ = "0.2.0"
 __all__ = [
     "CloudPickleSerializer",
     "DeserializationError",
+    "HistorySummary",
+    "Holder",
     "JobshelfError",
     "MemoryJobStore",
     "MemoryStorage",
@@ -40,6 +43,8 @@ __all__ = [
     "MsgpackStateSerializer",
     "PickleSerializer",
     "QuarantinedJob",
+    "RunError",
+    "RunRecord",
     "SerializationError",
     "Serializer",
     "SerializerConfigError",
