@@ -15,6 +15,7 @@ from typing import Any
 from apscheduler.triggers.base import BaseTrigger
 
 from ._exceptions import DeserializationError, SerializationError
+from ._schedule_check import check_schedule
 from ._serializer import STATE_KEYS
 
 __all__ = ["CallablePolicy", "validate_state"]
@@ -70,6 +71,7 @@ def validate_state(state: dict[str, Any], row_id: Any, *, by_value: bool) -> Non
     zone = getattr(trigger, "timezone", None)
     if zone is not None and not isinstance(zone, dt.tzinfo):
         _refuse(row_id, f"its trigger's timezone is {type(zone).__name__}, not a time zone")
+    check_schedule(state, row_id)
 
 
 def _refuse(row_id: Any, reason: str) -> None:

@@ -21,6 +21,7 @@ from apscheduler.util import astimezone
 __all__ = [
     "MAX_CRON_EXPRESSION",
     "TriggerCodec",
+    "cron_fields_problem",
     "field_expression",
     "REGISTRY_BY_CLASS",
     "REGISTRY_BY_NAME",
@@ -73,6 +74,10 @@ def field_expression(field: Any) -> str:
 # at most MAX_CRON_EXPRESSION characters), and at most _CRON_CACHE_LIMIT of them.
 _CRON_FIELDS: dict[tuple[tuple[str, ...], int], tuple[Any, ...]] = {}
 _CRON_CACHE_LIMIT = 1024
+# id(field) -> field for every field in _CRON_FIELDS: built by APScheduler's own field classes from
+# checked expressions, so a trigger holding only these needs no further check of its fields.
+_COMPILED: dict[int, Any] = {}
+_FIELD_ATTRIBUTES = frozenset(("name", "is_default", "expressions"))
 
 
 def _cron_fields(expressions: Any, defaults: Any) -> tuple[Any, ...]:
@@ -97,8 +102,64 @@ def _cron_fields(expressions: Any, defaults: Any) -> tuple[Any, ...]:
     )
     if len(_CRON_FIELDS) >= _CRON_CACHE_LIMIT:
         _CRON_FIELDS.clear()
+        _COMPILED.clear()
     _CRON_FIELDS[key] = fields
+    _COMPILED.update((id(field), field) for field in fields)
     return fields
+
+
+def cron_fields_problem(fields: Any) -> str | None:
+    """What is wrong with a CronTrigger's ``fields``, or ``None`` when they are exactly what
+    CronTrigger's constructor builds from their own expressions.
+
+    Fields decoded by a plain-data serializer were built by the constructor (a dictionary look-up
+    says so); others (unpickled: their attributes set without any constructor) are rendered,
+    compiled again and compared attribute by attribute, types included.
+    """
+    if type(fields) is not list or len(fields) != len(CronTrigger.FIELD_NAMES):
+        return f"is not a list of {len(CronTrigger.FIELD_NAMES)} cron fields"
+    if all(_COMPILED.get(id(field)) is field for field in fields):
+        return None
+    expressions, defaults = [], 0
+    for index, (name, field) in enumerate(zip(CronTrigger.FIELD_NAMES, fields)):
+        if (
+            type(field) is not CronTrigger.FIELDS_MAP[name]
+            or getattr(field, "__dict__", {}).keys() != _FIELD_ATTRIBUTES
+            or type(field.name) is not str
+            or field.name != name
+            or type(field.is_default) is not bool
+            or type(field.expressions) is not list
+        ):
+            return f"[{index}] is not a {name!r} field as CronTrigger builds it"
+        try:
+            expressions.append(field_expression(field))
+        except Exception as exc:
+            return f"[{index}] ({name}) cannot be rendered as an expression ({type(exc).__name__}: {exc})"
+        defaults |= field.is_default << index
+    try:
+        compiled = _cron_fields(expressions, defaults)
+    except Exception as exc:
+        return f"holds an expression CronTrigger refuses ({exc})"
+    for index, (field, built) in enumerate(zip(fields, compiled)):
+        if not _same_expressions(field.expressions, built.expressions):
+            expression = expressions[index]
+            return f"[{index}] ({field.name}) holds values CronTrigger would not build from {expression!r}"
+    return None
+
+
+def _same_expressions(found: list[Any], built: list[Any]) -> bool:
+    if len(found) != len(built):
+        return False
+    for have, want in zip(found, built):
+        attributes = getattr(have, "__dict__", None)
+        if type(have) is not type(want) or type(attributes) is not dict:
+            return False
+        if attributes.keys() != vars(want).keys():
+            return False
+        for key, value in vars(want).items():
+            if type(attributes[key]) is not type(value) or attributes[key] != value:
+                return False
+    return True
 
 
 # id(field) -> (field, its expression): rendering a field is the costly part of encoding a
