@@ -31,6 +31,7 @@ from .helpers import UTC, make_job
 
 pytestmark = pytest.mark.subprocess
 COMMAND = str(Path(sys.executable).with_name("jobshelf"))
+ROOT = str(Path(__file__).resolve().parent.parent)  # tests.* import in the command (for --allow)
 T0 = dt.datetime(2031, 1, 1, tzinfo=UTC)
 #: The jobs below call tests.helpers:dummy_job and this module's tick: the allow-list migrate reads with.
 ALLOW = ("--allow", "tests.helpers", "--allow", "tests.test_cli")
@@ -42,7 +43,7 @@ def run(
     """``jobshelf ARGS --database DATABASE`` with the server's URI in the environment."""
     result = subprocess.run(
         [COMMAND, *args, "--database", database],
-        env={**os.environ, "JOBSHELF_MONGODB_URI": uri, **env},
+        env={**os.environ, "JOBSHELF_MONGODB_URI": uri, "PYTHONPATH": ROOT, **env},
         capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL, check=False,
     )  # fmt: skip
     if check:
@@ -57,7 +58,7 @@ def every_trigger(index: int) -> Any:
         IntervalTrigger(minutes=index + 1, start_date=start, timezone="Europe/Berlin"),
         CronTrigger(minute=index % 60, hour="*/3", timezone="America/New_York"),
         CalendarIntervalTrigger(months=1, hour=index % 24, start_date=start.date(), timezone="Asia/Tokyo"),
-        AndTrigger([IntervalTrigger(hours=1, start_date=start), CronTrigger(minute=0)]),
+        AndTrigger([IntervalTrigger(hours=1, start_date=start), CronTrigger(minute=start.minute)]),
         OrTrigger([DateTrigger(start), CronTrigger(day_of_week="mon", hour=9)]),
     ][index % 6]
 
@@ -109,8 +110,8 @@ def test_an_interrupted_migration_carries_on(mongodb_uri: str, mongo_client: Any
     expected = fill_with_the_stock_store(mongo_client, database, 200)
     process = subprocess.Popen(
         [COMMAND, "migrate", "--database", database, "--to", "msgpack", "--yes", "--batch-size", "5", *ALLOW],
-        env={**os.environ, "JOBSHELF_MONGODB_URI": mongodb_uri}, stderr=subprocess.PIPE, text=True,
-        stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+        env={**os.environ, "JOBSHELF_MONGODB_URI": mongodb_uri, "PYTHONPATH": ROOT},
+        stderr=subprocess.PIPE, text=True, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
     )  # fmt: skip
     assert process.stderr is not None
     for line in process.stderr:
@@ -259,7 +260,7 @@ def test_signed_formats_read_with_keys_from_the_environment(
     rows = json.loads(run(mongodb_uri, database, "list", "--json", **keys).stdout)
     assert [row["decoded"] for row in rows] == [True, True, True]
     unkeyed = run(mongodb_uri, database, "status")
-    assert "signed+msgpack: format 'signed+msgpack' needs the signing keys" in unkeyed.stdout
+    assert "signed+msgpack: needs the signing keys: set JOBSHELF_SIGNING_KEYS" in unkeyed.stdout
 
 
 def test_status_and_quarantine_commands(mongodb_uri: str, mongo_client: Any, database: str) -> None:

@@ -50,8 +50,10 @@ def status(ctx: click.Context, /, **options: Any) -> None:
     views = [JobView(stored) for stored in store.stored_jobs()]  # nothing decoded
     states = Counter(view.status for view in views)
     utc = dt.timezone.utc
-    scheduled = [view for view in views if view.status == "scheduled" and view.next_run_time(utc)]
-    earliest = min(scheduled, key=lambda view: view.next_run_time(utc) or dt.datetime.max, default=None)
+    scheduled = [
+        (when, view) for view in views if view.status == "scheduled" and (when := view.next_run_time(utc))
+    ]
+    earliest = min(scheduled, key=lambda pair: pair[0], default=None)
     largest = max(views, key=lambda view: view.size, default=None)
     indexed = any(
         info.get("key") == [("next_run_time", 1)] for info in store.collection.index_information().values()
@@ -66,10 +68,8 @@ def status(ctx: click.Context, /, **options: Any) -> None:
     formats = sorted((tag_label(tag), count) for tag, count in connection.formats.items())
     table.add_row("formats", ", ".join(f"{label} {count}" for label, count in formats) or "-")
     if earliest is not None:
-        when = earliest.next_run_time(utc)
-        table.add_row(
-            "earliest next run", f"{when.isoformat() if when else '-'} (job {earliest.stored.id!r})"
-        )
+        when, view = earliest
+        table.add_row("earliest next run", f"{when.isoformat()} (job {view.stored.id!r})")
     else:
         table.add_row("earliest next run", "- (nothing scheduled)")
     if largest is not None:

@@ -54,6 +54,14 @@ class NotFound(CliError):
     exit_code = 1
 
 
+class KeysProblem(CliError):
+    """A ``signed+`` format cannot be used with the keys in the environment (missing, too short)."""
+
+    def __init__(self, spec: str, why: str) -> None:
+        super().__init__(f"format {spec!r} {why}")
+        self.why = why
+
+
 def connection_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """``--uri``, ``--database``, ``--collection``, ``--serializer``, ``--accept``, ``--timeout``,
     ``--allow``, ``--unsafe-run-code``."""
@@ -99,7 +107,7 @@ def connection_options(command: Callable[..., Any]) -> Callable[..., Any]:
 def _signing_keys(spec: str) -> list[str]:
     keys = [key for key in os.environ.get(KEYS_ENV, "").split(",") if key]
     if not keys:
-        raise CliError(f"format {spec!r} needs the signing keys: set {KEYS_ENV}=key1,key2 (newest last)")
+        raise KeysProblem(spec, f"needs the signing keys: set {KEYS_ENV}=key1,key2 (newest last)")
     return keys
 
 
@@ -117,9 +125,10 @@ def serializer_for(spec: str) -> Serializer:
         try:
             return SignedSerializer(inner, keys=keys)
         except JobshelfError as exc:  # the inner serializer is built: what fails is the keys
-            raise CliError(
-                f"format {spec!r} cannot use the keys in {KEYS_ENV}: {exc}. Set {KEYS_ENV}=key1,key2 "
-                "(newest last) to the keys your application signs with"
+            raise KeysProblem(
+                spec,
+                f"cannot use {KEYS_ENV}: a key in it is too short ({exc}); set it to the keys "
+                "your application signs with (comma-separated, newest last)",
             ) from None
     except JobshelfError as exc:
         raise CliError(str(exc)) from None
@@ -184,27 +193,35 @@ class Connection:
         return f"{self.database}.{self.collection} on {host}{port}"
 
     def open(self, *, must_exist: bool = True) -> MongoDBJobStore:
+        """The store, reading every format found (or ``--accept``); its client is closed on error.
+
+        :raises CliError: no server, no collection, or options that do not make a store
+        """
         try:
             client: MongoClient[Any] = MongoClient(
                 self.uri, serverSelectionTimeoutMS=int(self.timeout * 1000)
             )
+        except PyMongoError as exc:
+            raise self._unreachable(exc) from None
+        try:
+            return self._open(client, must_exist)
+        except BaseException:
+            client.close()
+            raise
+
+    def _open(self, client: MongoClient[Any], must_exist: bool) -> MongoDBJobStore:
+        try:
             client.admin.command("ping")
             exists = self.collection in client[self.database].list_collection_names()
-            if exists or not must_exist:
-                probe = MongoDBJobStore(self.database, self.collection, client=client)
-                self.formats = probe.stored_format_counts()
+            if must_exist and not exists:
+                raise CliError(
+                    f"there is no collection {self.where}; check --database and --collection "
+                    "(nothing was written)"
+                )
+            probe = MongoDBJobStore(self.database, self.collection, client=client)
+            self.formats = probe.stored_format_counts()
         except PyMongoError as exc:
-            first_line = str(exc).split(" (configured")[0].split(", Timeout")[0]
-            raise CliError(
-                f"cannot connect to {self.where}: {first_line}. Check --uri (or {URI_ENV}) and that "
-                "the server is running"
-            ) from None
-        if must_exist and not exists:
-            client.close()
-            raise CliError(
-                f"there is no collection {self.where}; check --database and --collection "
-                "(nothing was written)"
-            )
+            raise self._unreachable(exc) from None
         serializer = serializer_for(self.serializer) if self.serializer else None
         accepted = [serializer_for(spec) for spec in self.accept] if self.accept else self._found()
         try:
@@ -220,6 +237,13 @@ class Connection:
                 self.unreadable[label] = "not among the --accept formats"
         return store
 
+    def _unreachable(self, exc: PyMongoError) -> CliError:
+        first_line = str(exc).split(" (configured")[0].split(", Timeout")[0]
+        return CliError(
+            f"cannot connect to {self.where}: {first_line}. Check --uri (or {URI_ENV}) and that "
+            "the server is running"
+        )
+
     def _found(self) -> list[Any]:
         """A serializer for every registered format tag in the collection; why not, for the others."""
         accepted: list[Any] = []
@@ -230,6 +254,8 @@ class Connection:
                 continue
             try:
                 accepted.append(serializer_for(label))
+            except KeysProblem as exc:
+                self.unreadable[label] = exc.why
             except CliError as exc:
                 self.unreadable[label] = exc.message
         return accepted

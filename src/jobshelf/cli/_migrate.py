@@ -75,10 +75,11 @@ def migrate(
                     left.append((job_id, result.outcome, detail))
             report(len(batch))
     _summary(outcomes, left, name, dry_run)
-    if outcomes["undecodable"] and connection.allowed is not None:
+    if outcomes["undecodable"] and connection.allowed == []:
         ERR.print(
-            "A job is read only if its callable is allowed: pass --allow with your application's "
-            "allowed_callables (the modules its jobs call); `jobshelf inspect ID` shows what a job calls."
+            "No --allow given, and a job is read only if its callable is allowed: pass --allow with "
+            "your application's allowed_callables (the modules its jobs call); `jobshelf inspect ID` "
+            "shows what a job calls."
         )
     if name == UNTAGGED_FORMAT and left:
         ERR.print(

@@ -59,5 +59,6 @@ class SafeConsole(Console):
 
 
 # Off a terminal (a pipe, a log), tables are laid out wide rather than squeezed to 80 columns.
-OUT = SafeConsole(width=None if sys.stdout.isatty() else 200)
+# Lines are not wrapped (a terminal wraps them); tables fit the width.
+OUT = SafeConsole(width=None if sys.stdout.isatty() else 200, soft_wrap=True)
 ERR = SafeConsole(stderr=True, soft_wrap=True)  # a message stays one line, however long

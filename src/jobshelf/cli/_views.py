@@ -101,6 +101,8 @@ def view_state(
 
     ``unreadable`` says why a format cannot be read by this command (no keys, not registered).
     """
+    if stored.format is not None and type(stored.format) is not str:
+        return None, f"a malformed format tag ({type(stored.format).__name__}, not a string): never read"
     label = tag_label(stored.format)
     why = unreadable.get(label)
     inner = store.serializer_for(stored.format) if store.accepts(stored.format) else None
