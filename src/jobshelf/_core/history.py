@@ -179,7 +179,7 @@ def _holder(value: Any) -> Holder | None:
     pid = value.get("pid")
     return Holder(
         host=_text(value.get("host", ""), LIMITS["host"]),
-        pid=pid if type(pid) is int else None,
+        pid=int(pid) if isinstance(pid, int) and not isinstance(pid, bool) else None,  # bson's Int64 too
         instance=_text(value.get("instance", ""), LIMITS["instance"]),
     )
 

@@ -136,7 +136,7 @@ class MongoHistorySink(HistorySink):
             for raw in self._raw.aggregate(pipeline):
                 row = _decoded(raw)
                 key = row.get("_id")
-                key = key if key is None or isinstance(key, str) else repr(key)
+                key = key if key is None or type(key) is str else repr(key)
                 found[key] = found.get(key, 0) + _count(row.get("count"))
             counts.append(found)
         duplicates = self.collection.count_documents(
@@ -146,7 +146,7 @@ class MongoHistorySink(HistorySink):
 
 
 def _count(value: Any) -> int:
-    return value if type(value) is int else 0
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def _decoded(raw: Any) -> dict[str, Any]:
