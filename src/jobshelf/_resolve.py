@@ -12,7 +12,15 @@ from typing import Any
 
 from ._compare import state_difference
 from ._exceptions import JobshelfError, SerializerConfigError
-from ._serializer import Serializer, SerializerSpec, dump_state, format_name, load_state, sample_state
+from ._serializer import (
+    Serializer,
+    SerializerSpec,
+    dump_state,
+    format_name,
+    load_state,
+    pickle_protocol_number,
+    sample_state,
+)
 
 __all__ = ["BUILTIN_SERIALIZERS", "ENTRY_POINT_GROUP", "available_serializers", "resolve_serializer"]
 
@@ -77,18 +85,15 @@ def resolve_serializer(
 
 
 def _instantiate(spec: SerializerSpec, pickle_protocol: Any) -> Any:
-    from .serializers.pickle import PickleSerializer
-    from .serializers.pickle import pickle_protocol as normalized
-
     try:
-        protocol = normalized(pickle_protocol)
+        protocol = pickle_protocol_number(pickle_protocol)
     except ValueError as exc:
         raise SerializerConfigError(f"pickle_protocol: {exc}") from None
     if spec is None:
-        return PickleSerializer(protocol)
+        spec = "pickle"
     if isinstance(spec, str) and spec in ("pickle", "cloudpickle"):
-        spec = _import_spec(spec)
-    if inspect.isclass(spec) and issubclass(spec, PickleSerializer):  # pickle and cloudpickle
+        spec = _import_spec(spec)  # by name, like any plug-in: resolution imports no serializer module
+    if inspect.isclass(spec) and _takes_pickle_protocol(spec):  # pickle and cloudpickle
         return spec(protocol)
     if protocol != pickle.HIGHEST_PROTOCOL:
         raise SerializerConfigError(
@@ -107,6 +112,17 @@ def _instantiate(spec: SerializerSpec, pickle_protocol: Any) -> Any:
                 f"arguments ({type(exc).__name__}: {exc}); pass an instance instead"
             ) from exc
     return spec
+
+
+def _takes_pickle_protocol(cls: type) -> bool:
+    """A pickle-family serializer class (it declares ``pickle_family = True``) whose constructor
+    takes the protocol."""
+    if getattr(cls, "pickle_family", False) is not True:
+        return False
+    try:
+        return "protocol" in inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _import_spec(spec: str) -> Any:

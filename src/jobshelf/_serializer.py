@@ -28,6 +28,7 @@ __all__ = [
     "format_name",
     "is_pickle_family",
     "load_state",
+    "pickle_protocol_number",
     "sample_state",
     "stores_callables_by_value",
 ]
@@ -122,6 +123,23 @@ def stores_callables_by_value(serializer: Any) -> bool:
 def decoding_runs_code(serializer: Any) -> bool:
     """True unless the serializer declares that decoding runs no code (``decoding_runs_code``)."""
     return bool(getattr(serializer, "decoding_runs_code", True))
+
+
+def pickle_protocol_number(value: Any) -> int:
+    """The protocol number :func:`pickle.dumps` would use for ``value``, or a clear error.
+
+    Like pickle: a negative int means :data:`pickle.HIGHEST_PROTOCOL` and ``None`` means
+    :data:`pickle.DEFAULT_PROTOCOL`. Unlike pickle, ``True``/``False`` are refused: they are ints
+    to Python, but never what anyone meant by a protocol.
+    """
+    if value is None:
+        return pickle.DEFAULT_PROTOCOL
+    if type(value) is not int or value > pickle.HIGHEST_PROTOCOL:
+        raise ValueError(
+            f"pickle protocol must be an int up to {pickle.HIGHEST_PROTOCOL} (negative: the highest; "
+            f"None: the default {pickle.DEFAULT_PROTOCOL}), got {value!r}"
+        )
+    return pickle.HIGHEST_PROTOCOL if value < 0 else value
 
 
 def dump_state(serializer: Serializer, state: dict[str, Any]) -> bytes:
