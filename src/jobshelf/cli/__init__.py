@@ -1,7 +1,7 @@
 """The ``jobshelf`` command: see, migrate and repair a job collection from the shell.
 
 Installed with ``pip install "jobshelf[cli]"`` (click and rich). ``jobshelf --help`` lists the
-subcommands: ``status``, ``list``, ``inspect``, ``migrate`` and ``quarantine``.
+subcommands: ``status``, ``list``, ``inspect``, ``migrate``, ``quarantine`` and ``history``.
 """
 
 from __future__ import annotations

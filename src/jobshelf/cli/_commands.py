@@ -17,6 +17,7 @@ from .._exceptions import JobshelfError
 from ..mongodb import MongoDBJobStore
 from ..serializers.signed import SignedSerializer
 from ._connection import CliError, Connection, NotFound, connection_options, open_store, tag_label
+from ._history import history, history_rows
 from ._migrate import migrate
 from ._text import OUT, printable
 from ._views import JobView, disassemble, job_view, shown
@@ -39,6 +40,7 @@ def cli() -> None:
 
 
 cli.add_command(migrate)
+cli.add_command(history)
 
 
 @cli.command()
@@ -79,6 +81,7 @@ def status(ctx: click.Context, /, **options: Any) -> None:
     )
     for label, why in sorted(connection.unreadable.items()):
         table.add_row("unreadable here", f"{label}: {why}")
+    history_rows(table, store)  # the last hour of the execution history, if there is one
     OUT.print(table)
 
 
