@@ -41,6 +41,7 @@ __all__ = [
     "MAX_MISSED_RUN_TIMES",
     "MAX_WORK",
     "ScheduleProblem",
+    "bounded_next_fire_time",
     "check_outgoing_schedule",
     "check_schedule",
     "schedule_problem",
@@ -52,6 +53,8 @@ UTC = dt.timezone.utc
 EARLIEST = dt.datetime(1, 1, 2, tzinfo=UTC)
 LATEST = dt.datetime(9999, 12, 30, 23, 59, 59, 999999, tzinfo=UTC)
 _SPAN = (LATEST - EARLIEST).total_seconds()
+_YEAR = 365 * 86_400.0
+_ZERO = dt.timedelta(0)
 #: The most fire times APScheduler may have to enumerate between a due job's next run time and
 #: now (it builds a list of them all before running the job once when coalescing).
 MAX_MISSED_RUN_TIMES = 100_000
@@ -123,6 +126,16 @@ def schedule_problem(
     return None
 
 
+def bounded_next_fire_time(trigger: Any, previous: dt.datetime | None, now: dt.datetime) -> Any:
+    """``trigger.get_next_fire_time(previous, now)`` within :data:`MAX_WORK` rounds for the built-in
+    triggers whose computation loops (for a time not known to be a fire time, such as a lease's).
+
+    :raises ScheduleProblem: the work allowed ran out, or the computation raised
+    """
+    budget = _Budget()
+    return _compute(_probe(trigger, budget), budget, previous, now, MAX_WORK)
+
+
 # ----------------------------------------------------------------------------- the computation
 
 
@@ -133,10 +146,14 @@ def _check_schedule(trigger: Any, next_run_time: dt.datetime | None, now: dt.dat
     if next_run_time is None:  # paused: resuming computes from now, in the application's thread
         _compute(probe, budget, None, now, MAX_WORK)
         return
-    _moment(next_run_time, "next_run_time")
+    if not _plain(next_run_time):
+        _moment(next_run_time, "next_run_time")
     after = _compute(probe, budget, next_run_time, max(now, next_run_time), MAX_WORK)
-    _fire_time(after, next_run_time, jitter)
-    if after is None or after > now:
+    if after is None:
+        return  # the schedule is finished: APScheduler removes the job after this run
+    if not (_plain(after) and jitter <= _YEAR and after > next_run_time):
+        _fire_time(after, next_run_time, jitter)
+    if after > now:
         return
     # Due, and more than one fire time is due: what APScheduler enumerates before running it.
     if type(trigger) is IntervalTrigger:
@@ -169,17 +186,21 @@ def _compute(
     try:
         return probe.get_next_fire_time(previous, now)
     except _OutOfWork:
-        after = f"after {previous.isoformat()}" if previous is not None else f"from {now.isoformat()}"
         raise ScheduleProblem(
             "trigger",
-            f"finds no fire time {after} within the work allowed (an expression that "
+            f"finds no fire time {_after(previous, now)} within the work allowed (an expression that "
             "never matches, such as 30 February, or And members that never agree)",
             exhausted=True,
         ) from None
     except Exception as exc:
         raise ScheduleProblem(
-            "trigger", f"cannot compute its fire time after {previous}: {type(exc).__name__}: {exc}"
+            "trigger",
+            f"cannot compute its next fire time {_after(previous, now)}: {type(exc).__name__}: {exc}",
         ) from exc
+
+
+def _after(previous: dt.datetime | None, now: dt.datetime) -> str:
+    return f"after {previous.isoformat()}" if previous is not None else f"from {now.isoformat()}"
 
 
 def _fire_time(value: Any, previous: dt.datetime, jitter: float) -> None:
@@ -211,22 +232,26 @@ def _missed(next_run_time: dt.datetime, now: dt.datetime) -> None:
 
 def _check_trigger(trigger: Any, path: str, depth: int, in_and: bool) -> float:
     """Check the values a trigger holds; return the most jitter its fire times can carry."""
-    if not isinstance(trigger, BaseTrigger):
-        raise ScheduleProblem(path, f"is a {type(trigger).__name__}, not a trigger")
-    members = 0.0
-    if isinstance(trigger, BaseCombiningTrigger):
-        members = _check_combining(trigger, path, depth, in_and)
-    elif isinstance(trigger, IntervalTrigger):
-        _check_interval(trigger, path)
-    elif isinstance(trigger, CronTrigger):
-        _check_cron(trigger, path)
-    elif isinstance(trigger, CalendarIntervalTrigger):
-        _check_calendar(trigger, path)
-    elif isinstance(trigger, DateTrigger):
-        _moment(trigger.run_date, f"{path}.run_date")
-        return 0.0
-    else:
+    kind = _KINDS.get(type(trigger))
+    if kind is None:  # a subclass of a built-in trigger holds its values, or a custom trigger
+        kind = next((kind for cls, kind in _KINDS.items() if isinstance(trigger, cls)), None)
+    if kind is None:
+        if not isinstance(trigger, BaseTrigger):
+            raise ScheduleProblem(path, f"is a {type(trigger).__name__}, not a trigger")
         return 0.0  # a custom trigger: its values are its own; it is asked once, as APScheduler would
+    if kind == "date":
+        if not _plain(trigger.run_date):
+            _moment(trigger.run_date, f"{path}.run_date")
+        return 0.0
+    members = 0.0
+    if kind == "combining":
+        members = _check_combining(trigger, path, depth, in_and)
+    elif kind == "interval":
+        _check_interval(trigger, path)
+    elif kind == "cron":
+        _check_cron(trigger, path)
+    else:
+        _check_calendar(trigger, path)
     jitter = _jitter(trigger.jitter, path)
     if in_and and jitter:
         raise ScheduleProblem(
@@ -235,6 +260,17 @@ def _check_trigger(trigger: Any, path: str, depth: int, in_and: bool) -> float:
             "so the AndTrigger would search forever (set jitter on the outermost AndTrigger only)",
         )
     return members + jitter
+
+
+_KINDS: dict[type, str] = {
+    IntervalTrigger: "interval",
+    CronTrigger: "cron",
+    DateTrigger: "date",
+    CalendarIntervalTrigger: "calendar",
+    AndTrigger: "combining",
+    OrTrigger: "combining",
+    BaseCombiningTrigger: "combining",
+}
 
 
 def _check_combining(trigger: Any, path: str, depth: int, in_and: bool) -> float:
@@ -250,7 +286,22 @@ def _check_combining(trigger: Any, path: str, depth: int, in_and: bool) -> float
                 for index, member in enumerate(members)), default=0.0)  # fmt: skip
 
 
+def _plain(value: Any) -> bool:
+    """The common case of :func:`_moment`, quickly: an aware datetime of years 2 to 9997."""
+    return type(value) is dt.datetime and 1 < value.year < 9998 and value.utcoffset() is not None
+
+
 def _check_interval(trigger: Any, path: str) -> None:
+    interval, end = trigger.interval, trigger.end_date
+    if (
+        type(interval) is dt.timedelta
+        and interval > _ZERO
+        and trigger.interval_length == interval.total_seconds()
+        and isinstance(trigger.timezone, dt.tzinfo)
+        and _plain(trigger.start_date)
+        and (end is None or _plain(end))
+    ):
+        return
     _zone(trigger.timezone, f"{path}.timezone")
     _moment(trigger.start_date, f"{path}.start_date")
     if trigger.end_date is not None:
@@ -258,7 +309,7 @@ def _check_interval(trigger: Any, path: str) -> None:
     interval = trigger.interval
     if type(interval) is not dt.timedelta:
         raise ScheduleProblem(f"{path}.interval", f"is a {type(interval).__name__}, not a timedelta")
-    if interval <= dt.timedelta(0):
+    if interval <= _ZERO:
         raise ScheduleProblem(
             f"{path}.interval",
             f"is {interval}: an interval must be above zero (IntervalTrigger never "
@@ -271,8 +322,9 @@ def _check_interval(trigger: Any, path: str) -> None:
 def _check_cron(trigger: Any, path: str) -> None:
     _zone(trigger.timezone, f"{path}.timezone")
     for name in ("start_date", "end_date"):
-        if getattr(trigger, name) is not None:
-            _moment(getattr(trigger, name), f"{path}.{name}")
+        value = getattr(trigger, name)
+        if value is not None and not _plain(value):
+            _moment(value, f"{path}.{name}")
     problem = cron_fields_problem(trigger.fields)
     if problem is not None:
         raise ScheduleProblem(f"{path}.fields", problem)
@@ -309,7 +361,12 @@ def _moment(value: Any, path: str, jitter: float = 0.0) -> None:
         raise ScheduleProblem(path, f"is a {type(value).__name__}, not a datetime")
     try:
         naive = value.utcoffset() is None
-        inside = naive or EARLIEST <= value <= LATEST - dt.timedelta(seconds=jitter)
+        # years 2 to 9997 are inside whatever the offset (under a day) and a jitter of up to a year
+        inside = (
+            naive
+            or (1 < value.year < 9998 and jitter <= _YEAR)
+            or (EARLIEST <= value <= LATEST - dt.timedelta(seconds=jitter))
+        )
     except Exception as exc:
         raise ScheduleProblem(path, f"cannot be placed in time ({type(exc).__name__}: {exc})") from exc
     if naive:
@@ -326,6 +383,8 @@ def _moment(value: Any, path: str, jitter: float = 0.0) -> None:
 def _jitter(value: Any, path: str) -> float:
     if value is None:
         return 0.0
+    if type(value) is int and 0 <= value <= _YEAR:
+        return float(value)
     if type(value) not in (int, float):
         raise ScheduleProblem(f"{path}.jitter", f"is a {type(value).__name__}, expected seconds or None")
     if (type(value) is float and not math.isfinite(value)) or not 0 <= value <= _SPAN:
