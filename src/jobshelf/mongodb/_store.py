@@ -7,12 +7,15 @@ decoding, quarantine decisions, the allow-list, outages) is the store core's
 
 from __future__ import annotations
 
-import math
+import datetime as dt
+import logging
+import os
 import pickle
 import warnings
 from collections.abc import Collection, Iterable, Iterator
 from typing import Any
 
+from apscheduler.job import Job
 from apscheduler.util import maybe_ref
 
 from .._core import (
@@ -31,8 +34,13 @@ from .._core.options import as_bool, as_number
 from .._core.reading import as_timestamp
 from .._exceptions import SerializationError
 from .._serializer import SerializerSpec
+from . import _forking
+from ._fields import FORMAT_FIELD, QUARANTINE_FIELD, REVISION_FIELD
 from ._history import MongoHistorySink
-from ._leases import DONE_EVENTS, LEASE_FIELD, Leases, Watcher
+from ._leases import LEASE_FIELD, WriteMode
+from ._liveness import HolderRecord, read_records
+from ._registration import definition_difference
+from ._shared import DEFAULT_CLAIM_LIMIT, DEFAULT_DEAD_AFTER, SharedMode
 
 try:
     from bson.binary import Binary
@@ -44,16 +52,19 @@ except ImportError as exc:  # pragma: no cover - pymongo is a dependency
 
 __all__ = ["FORMAT_FIELD", "QUARANTINE_FIELD", "REVISION_FIELD", "MongoDBJobStore"]
 
-#: Document field naming the format that wrote ``job_state`` (absent: stock pickle).
-FORMAT_FIELD = "job_state_format"
-#: Document field set on every jobshelf write: a random token that conditional updates compare.
-REVISION_FIELD = "job_state_rev"
-#: Document field set on a job that could not be decoded: why, when, and its next run time.
-QUARANTINE_FIELD = "quarantine"
+_shared_logger = logging.getLogger("jobshelf.shared")
 
 _SORT = [("next_run_time", ASCENDING), ("_id", ASCENDING)]
 #: Every option of MongoDBJobStore itself (anything else goes to MongoClient).
-_OPTIONS = CORE_OPTIONS | {"database", "collection", "client", "shared", "lease", "recheck"}
+_OPTIONS = CORE_OPTIONS | {"database", "collection", "client", "shared", "lease", "recheck", "dead_after",
+                          "claim_limit"}  # fmt: skip
+#: shared mode's options and their defaults
+_SHARED_DEFAULTS = {
+    "lease": 30,
+    "recheck": 1.0,
+    "dead_after": DEFAULT_DEAD_AFTER,
+    "claim_limit": DEFAULT_CLAIM_LIMIT,
+}
 #: MongoClient's own parameters (its other options are checked with pymongo's validator).
 _CLIENT_PARAMETERS = frozenset({"host", "port", "document_class", "tz_aware", "connect", "type_registry"})
 _STORED_PROJECTION = ["next_run_time", "job_state", FORMAT_FIELD, QUARANTINE_FIELD]
@@ -109,9 +120,16 @@ class MongoDBJobStore(StoreCore):
         or decoded (larger: quarantined unread); default: what fits in a MongoDB document
     :param shared: several scheduler processes share this collection and each fire time runs once:
         due jobs are claimed with leases on their documents (see the README's "Shared scheduling")
-    :param lease: seconds a claim lasts without renewal (shared mode; renewed while a job runs)
+    :param lease: seconds a claim lasts without renewal (shared mode; renewed while a job runs):
+        the bound for a process that is alive but stuck
     :param recheck: seconds between checks for jobs added by other processes, where the server has
         no change streams (shared mode)
+    :param dead_after: seconds without a liveness check-in after which a process is taken for dead
+        and its claimed jobs run elsewhere, whatever their leases say (shared mode; each store
+        instance checks in about every second)
+    :param claim_limit: the most due jobs one loop pass claims (shared mode); a pass also claims
+        no more than its scheduler's pool executors can start at once, and no more than its share
+        of the due work among the live processes
     :param history: record every fire time's run in a sibling collection: ``True`` for
         ``<collection>_runs``, or its name (see :meth:`get_job_history`)
     :param history_ttl: seconds execution records are kept (a TTL index; default 7 days)
@@ -135,6 +153,8 @@ class MongoDBJobStore(StoreCore):
         shared: bool = False,
         lease: float = 30,
         recheck: float = 1.0,
+        dead_after: float = DEFAULT_DEAD_AFTER,
+        claim_limit: int = DEFAULT_CLAIM_LIMIT,
         history: bool | str = False,
         history_ttl: float = DEFAULT_HISTORY_TTL,
         history_buffer: int = DEFAULT_HISTORY_BUFFER,
@@ -146,13 +166,15 @@ class MongoDBJobStore(StoreCore):
             raise ValueError('The "collection" parameter must not be empty')
         check_unknown(type(self).__name__, connect_args, _OPTIONS, passed_on=_is_client_option)
         shared = as_bool("shared", shared)
+        given = {"lease": lease, "recheck": recheck, "dead_after": dead_after, "claim_limit": claim_limit}
         if shared:
-            lease = as_number("lease", lease)
-            recheck = as_number("recheck", recheck)
-        elif (lease, recheck) != (30, 1.0):
+            lease, recheck, dead_after = (as_number(n, given[n]) for n in ("lease", "recheck", "dead_after"))
+            claim_limit = as_number("claim_limit", claim_limit, integer=True)
+        elif given != _SHARED_DEFAULTS:
+            options = ", ".join(f"{n}={v!r}" for n, v in given.items() if v != _SHARED_DEFAULTS[n])
             raise ValueError(
-                f"lease={lease!r} and recheck={recheck!r} apply to shared mode only; pass shared=True "
-                "(several schedulers share this collection) or leave them out"
+                f"{options} appl{'ies' if options.count('=') == 1 else 'y'} to shared mode only; pass "
+                "shared=True (several schedulers share this collection) or leave them out"
             )
         super().__init__(
             serializer=serializer,
@@ -166,30 +188,62 @@ class MongoDBJobStore(StoreCore):
         self.pickle_protocol = pickle_protocol
         self._binary_filters = True  # cleared on servers that cannot match binary values
         self.shared = shared
-        self._recheck = float(recheck)
-        self._watcher: Watcher | None = None
-        self._planned = math.inf  # the wake-up time last given to the scheduler (shared mode)
+        self._shared: SharedMode | None = None
+        if shared:
+            self._shared = SharedMode(
+                lease=float(lease),
+                dead_after=float(dead_after),
+                claim_limit=claim_limit,
+                recheck=float(recheck),
+                projection=_READ_PROJECTION,
+            )
         self._owns_client = not client
+        self._names = (database, collection)
+        self._connect_args = connect_args
         if client:
             self.client = maybe_ref(client)
         else:
             connect_args.setdefault("w", 1)
             self.client = MongoClient(**connect_args)
         self.collection = self.client[database][collection]
-        self._leases = Leases(self.collection, float(lease)) if self.shared else None
+        self._pid = os.getpid()  # the process that created the client
+        self._forked_while_running = False
+        _forking.register(self)
 
     def start(self, scheduler: Any, alias: str) -> None:
-        """Create the index, check the formats and, in shared mode, start watching for changes."""
+        """Create the indexes, check the formats and, in shared mode, check in and start watching
+        for changes (under a holder id of this process: a store built before a fork works in each
+        child that starts it)."""
+        if _forking.forked_since(self._pid):
+            self._after_fork_client()
         super().start(scheduler, alias)
-        if self._leases is not None:
-            # the claim reads back what it claimed by token
-            self.collection.create_index(f"{LEASE_FIELD}.token", sparse=True)
-            scheduler.add_listener(self._leases.on_event, DONE_EVENTS)
-            self._watcher = Watcher(self._leases, scheduler.wakeup, lambda: self._planned, self._recheck,
-                                    self.collection.full_name)  # fmt: skip
-            self._watcher.start()
-            self._logger.info("%s: shared mode, holder %s, lease %ss", self._where(),
-                              self._leases.holder, self._leases.lease)  # fmt: skip
+        if self._shared is not None:
+            self._shared.start(scheduler, alias, self.collection, self._earliest_time)
+            self._logger.info("%s: shared mode, holder %s, lease %ss, dead after %ss", self._where(),
+                              self._shared.holder, self._shared.lease, self._shared.dead_after)  # fmt: skip
+
+    def _after_fork_client(self) -> None:
+        """This process was forked after the client was created: replace a client the store
+        created; keep one passed in, saying how to create it after the fork."""
+        parent, self._pid = self._pid, os.getpid()
+        if self._owns_client:
+            self.client = MongoClient(**self._connect_args)
+            self.collection = self.client[self._names[0]][self._names[1]]
+            self._logger.info("%s: process %d was forked from %d after this store was built; it uses a "
+                              "MongoClient of its own", self._where(), self._pid, parent)  # fmt: skip
+            return
+        self._logger.warning(
+            "%s: the MongoClient passed as client= was created in process %d, before this process (%d) "
+            "was forked from it; pymongo resets its connections, but a client is not fork-safe. "
+            "Create the client (and the store) after the fork, in each worker: gunicorn's post_fork "
+            "hook (or no --preload), uWSGI's lazy-apps = true", self._where(), parent, self._pid,
+        )  # fmt: skip
+
+    def _after_fork_in_child(self) -> None:
+        """``os.fork()`` hook, in the child: its parent's claims and threads are not its own."""
+        if self._shared is not None:
+            self._forked_while_running = self._shared.holder is not None
+            self._shared.forked()
 
     @property
     def connection(self) -> Any:
@@ -203,17 +257,40 @@ class MongoDBJobStore(StoreCore):
     @property
     def wakeup_mode(self) -> str | None:
         """Shared mode: ``"change stream"`` or ``"re-check"`` (how other processes' jobs are noticed)."""
-        return self._watcher.mode if self._watcher is not None else None
+        return self._shared.wakeup_mode if self._shared is not None else None
+
+    @property
+    def holder(self) -> str | None:
+        """Shared mode: this started store instance's holder id (``host:pid:random``), as its
+        leases and its liveness record name it; ``None`` before ``start()``."""
+        return self._shared.holder if self._shared is not None else None
+
+    def holders(self) -> list[HolderRecord]:
+        """Shared mode: every store instance that checks in on this collection, from the liveness
+        records, each judged alive or dead on the server's clock (dead: no check-in for
+        ``dead_after`` seconds), alive ones first.
+
+        :raises ValueError: the store is not in shared mode
+        """
+        if self._shared is None:
+            raise ValueError("holders() needs shared mode: MongoDBJobStore(shared=True)")
+        registry = self._shared.registry
+        now = registry.server_now if registry is not None else None
+        return read_records(self.collection, self._shared.dead_after, now)
 
     def shutdown(self) -> None:
-        """Stop watching and write the last releases (shared mode); close the MongoClient if this
-        store created it. The scheduler's last loop pass after this is answered quietly."""
+        """Shared mode: stop the threads, write the last releases, leave what was claimed and not
+        started to other processes at once, and delete the liveness record. Then close the
+        MongoClient if this store created it. The scheduler's last loop pass after this is answered
+        quietly."""
         super().shutdown()
-        if self._watcher is not None:
-            self._watcher.stop()
-            self._watcher.join(5)
-        if self._leases is not None:
-            self._leases.flush()
+        if self._shared is not None:
+            try:
+                self._shared.stop()
+            except Exception as exc:  # the database is gone: leases expire, the record goes stale
+                self._logger.warning("%s: could not hand over the claims at shutdown (%s); other "
+                                     "processes take them over when this one looks dead",
+                                     self._where(), exc)  # fmt: skip
         if self._owns_client:
             self.client.close()
 
@@ -232,6 +309,11 @@ class MongoDBJobStore(StoreCore):
 
     def _prepare(self) -> None:
         self.collection.create_index("next_run_time", sparse=True)
+        if self._shared is not None:
+            # claims read due jobs and runs in flight by these, and read back what they got by token;
+            # dead holders' leases are found by holder
+            for field in ("pending", "token", "holder"):
+                self.collection.create_index(f"{LEASE_FIELD}.{field}", sparse=True)
 
     def _fetch(self, job_id: str) -> Row | None:
         conditions: dict[str, Any] = {"_id": job_id}
@@ -241,25 +323,21 @@ class MongoDBJobStore(StoreCore):
         return _row(document) if document is not None else None
 
     def _fetch_due(self, timestamp: float) -> Iterable[Row]:
-        if self._leases is not None:
-            return self._claim_due(self._leases, timestamp)
+        if self._shared is not None:
+            return self._shared.claim(self._claimable(), timestamp, _row)
         documents = self.collection.find({"next_run_time": {"$lte": timestamp}}, _READ_PROJECTION, sort=_SORT)
         return map(_row, documents)
 
-    def _claim_due(self, leases: Leases, timestamp: float) -> list[Row]:
-        abandoned, due = leases.claim(self._claimable(), timestamp)
-        rows = []
-        fields = [*_READ_PROJECTION, "next_run_time", LEASE_FIELD]
-        claimed = {f"{LEASE_FIELD}.token": {"$in": [abandoned, due]}}
-        for document in self.collection.find(claimed, fields, sort=_SORT):
-            lease = document.get(LEASE_FIELD) or {}
-            pending = lease.get("pending") if lease.get("token") == abandoned else None
-            due_at = float(pending) if isinstance(pending, (int, float)) else None
-            fire_time = due_at if due_at is not None else document.get("next_run_time")
-            if isinstance(fire_time, (int, float)):
-                leases.remember(document["_id"], float(fire_time), lease["token"])
-            rows.append(_row(document)._replace(due_at=due_at))
-        return rows
+    def get_due_jobs(self, now: dt.datetime) -> list[Job]:
+        """Jobs due at ``now`` by their decoded state; in shared mode, only those this store
+        instance claimed (see the README's "Shared scheduling")."""
+        jobs: list[Job] = super().get_due_jobs(now)
+        if self._shared is not None:
+            try:
+                self._shared.after_due(jobs, now)
+            except Exception as exc:  # never into the loop: the claims expire, or are released later
+                self._logger.warning("%s: could not settle this pass's claims (%s)", self._where(), exc)
+        return jobs
 
     def _claimable(self) -> dict[str, Any]:
         return {QUARANTINE_FIELD: {"$exists": False}, **self._accepted_filter()}
@@ -269,13 +347,10 @@ class MongoDBJobStore(StoreCore):
         return map(_row, self.collection.find(conditions, _READ_PROJECTION, sort=_SORT))
 
     def _next_timestamp(self) -> float | None:
-        if self._leases is not None:
-            times = [
-                t for t in map(as_timestamp, self._leases.next_times(self._claimable())) if t is not None
-            ]
-            self._planned = min(times, default=math.inf)
-            return min(times, default=None)
-        return super()._next_timestamp()
+        timestamp = super()._next_timestamp()
+        if self._shared is not None:
+            return self._shared.plan(timestamp)
+        return timestamp
 
     def _earliest(self, exclude: Collection[Any]) -> tuple[Any, Any] | None:
         projection = ["next_run_time", FORMAT_FIELD]
@@ -283,6 +358,9 @@ class MongoDBJobStore(StoreCore):
         conditions: dict[str, Any] = dict(_SCHEDULED)
         if exclude:
             conditions["_id"] = {"$nin": list(exclude)}
+        if self._shared is not None and self._shared.claims is not None:
+            # a due job another process is running is not one to wait for
+            conditions.update(self._shared.claims.not_held_overdue())
         document = self.collection.find_one(conditions, projection, sort=sort)
         if document is not None and not self.accepts(document.get(FORMAT_FIELD)):
             # The earliest job is another store's: ask again for ours only.
@@ -290,6 +368,11 @@ class MongoDBJobStore(StoreCore):
                 {**conditions, **self._accepted_filter()}, projection, sort=sort
             )
         return (document.get("next_run_time"), document.get("_id")) if document is not None else None
+
+    def _earliest_time(self) -> float | None:
+        """The earliest next run time as stored (shared mode's re-check, without change streams)."""
+        found = self._earliest(())
+        return as_timestamp(found[0]) if found is not None else None
 
     def _format_counts(self, *, quarantined: bool) -> dict[Any, int]:
         match: dict[str, Any] = {"job_state": {"$exists": True}}
@@ -327,6 +410,8 @@ class MongoDBJobStore(StoreCore):
         try:
             self.collection.insert_one(_document(record))
         except DuplicateKeyError:
+            if self._shared is not None:  # APScheduler's replace_existing updates this job next
+                self._shared.marks.mark(record.id, record.data)
             return False
         except DocumentTooLarge as exc:
             raise _too_large(record, exc) from exc
@@ -337,69 +422,91 @@ class MongoDBJobStore(StoreCore):
         del document["_id"]
         condition: dict[str, Any] = {"_id": record.id}
         update: dict[str, Any] = {"$set": document, "$unset": {QUARANTINE_FIELD: ""}}
-        leases, (mode, token) = self._leases, self._write_mode(record.id)
-        if leases is not None:
-            if mode in {"app", "done"}:  # an application's change, or a run already over: release
-                update["$unset"][LEASE_FIELD] = ""
-            if mode in {"done", "keep"}:  # the holder, after submitting: only while it holds the lease
-                condition = leases.held(record.id, token)
-            if mode == "keep":
-                document.update(leases.keep_fields(record.id))
+        shared = self._shared
+        write = shared.begin_write(record.id, in_loop=self._in_loop()) if shared is not None else None
+        if write is not None and shared is not None and shared.claims is not None:
+            if write.mode is WriteMode.APPLICATION:
+                if shared.marks.take(record.id, record.data) and self._registered_unchanged(record):
+                    return True  # the same job registered again: the stored schedule and lease stand
+                update["$unset"][LEASE_FIELD] = ""  # an application's change releases any lease
+            else:  # the holder, after submitting: only while it holds the lease
+                condition = shared.claims.held(record.id, write.token)
+                if write.mode is WriteMode.RUN_OVER:
+                    update["$unset"][LEASE_FIELD] = ""
+                else:
+                    document.update(shared.claims.lease_fields(write.token, write.fire_time))
+        elif write is not None and write.mode is WriteMode.APPLICATION:
+            update["$unset"][LEASE_FIELD] = ""
         try:
             matched = bool(self.collection.update_one(condition, update).matched_count)
         except DocumentTooLarge as exc:
-            self._finish_write(record.id, mode, written=False)
+            self._end_write(record.id, write, written=False)
             raise _too_large(record, exc) from exc
         except BaseException:
-            self._finish_write(record.id, mode, written=False)
+            self._end_write(record.id, write, written=False)
             raise
-        self._finish_write(record.id, mode, written=matched)
-        if not matched and mode in {"done", "keep"}:
-            return self._lease_lost(record.id)
+        self._end_write(record.id, write, written=matched)
+        if not matched and write is not None and write.mode is not WriteMode.APPLICATION:
+            return self._kept_by_another_holder(record.id)
         return matched
 
+    def _registered_unchanged(self, record: WriteRecord) -> bool:
+        """Shared mode, ``add_job(replace_existing=True)`` of a job that exists: True when its
+        definition is unchanged (then nothing is written: its stored schedule and lease stand)."""
+        stored = self._fetch(record.id)
+        if stored is None or stored.quarantined:
+            return False
+        try:
+            difference = definition_difference(
+                self._decode_state(stored), self._decode_state(Row(record.id, record.data, record.format))
+            )
+        except Exception as exc:  # unreadable: replaced, as APScheduler would
+            _shared_logger.debug('Job "%s": registered again; the stored one cannot be compared (%s)',
+                                 record.id, exc)  # fmt: skip
+            return False
+        if difference is not None:
+            _shared_logger.info('Job "%s" registered again with a changed definition (%s): replaced',
+                                record.id, difference)  # fmt: skip
+            return False
+        _shared_logger.debug('Job "%s" registered again, unchanged: its stored schedule stands', record.id)
+        return True
+
     def _delete(self, job_id: str) -> bool:
-        leases, (mode, token) = self._leases, self._write_mode(job_id)
-        if leases is not None and mode == "keep":  # finished: deleted once its last run is done
-            finishing = {"next_run_time": None, f"{LEASE_FIELD}.remove": True, **leases.keep_fields(job_id)}
-            try:
-                written = bool(
-                    self.collection.update_one(leases.held(job_id, token), {"$set": finishing}).matched_count
-                )
-            except BaseException:
-                self._finish_write(job_id, mode, written=False)
-                raise
-            self._finish_write(job_id, mode, written=written)
-            return written or self._lease_lost(job_id)
+        shared = self._shared
+        write = None if shared is None else shared.begin_write(job_id, in_loop=self._in_loop(), removal=True)
+        if write is not None and shared is not None and shared.claims is not None:
+            held = shared.claims.held(job_id, write.token)
+            if write.mode is WriteMode.RUN_PENDING:  # finished: deleted once its last run is done
+                lease = shared.claims.lease_fields(write.token, write.fire_time, remove=True)
+                finishing = {"next_run_time": None, **lease}
+                try:
+                    written = bool(self.collection.update_one(held, {"$set": finishing}).matched_count)
+                except BaseException:
+                    self._end_write(job_id, write, written=False)
+                    raise
+                self._end_write(job_id, write, written=written)
+                return written or self._kept_by_another_holder(job_id)
+            if write.mode is WriteMode.RUN_OVER:
+                deleted = bool(self.collection.delete_one(held).deleted_count)
+                return deleted or self._kept_by_another_holder(job_id)
         return bool(self.collection.delete_one({"_id": job_id}).deleted_count)
 
-    def _lease_lost(self, job_id: Any) -> bool:
-        """A holder's write matched nothing: the job is gone (``False``), or another process holds
-        it now (``True``: nothing to report to APScheduler, the other holder's state stands)."""
+    def _kept_by_another_holder(self, job_id: Any) -> bool:
+        """A holder's write matched nothing. True when the job still exists: another process
+        holds it now (or the application changed it), its state stands, and this write counts as
+        done; False when the job is gone."""
         if self.collection.find_one({"_id": job_id}, ["_id"]) is None:
             return False
         self._logger.warning(
-            'Job "%s": this process no longer holds its lease (held past lease=%ss, or changed by the '
-            "application meanwhile); the write was skipped and the current holder's stands",
-            job_id, self._leases.lease if self._leases else None,
+            'Job "%s": this process no longer holds its lease (taken for dead, held past lease=%ss, or '
+            "changed by the application meanwhile); the write was skipped and the current holder's stands",
+            job_id, self._shared.lease if self._shared else None,
         )  # fmt: skip
         return True
 
-    def _write_mode(self, job_id: Any) -> tuple[str, int]:
-        """``"plain"`` (not shared), or the lease protocol's ``"app"``, ``"done"`` or ``"keep"``,
-        with the claim's token."""
-        if self._leases is None:
-            return "plain", 0
-        if not self._in_loop():
-            self._leases.forget(job_id)
-            return "app", 0
-        return self._leases.begin_write(job_id)
-
-    def _finish_write(self, job_id: Any, mode: str, *, written: bool) -> None:
-        if self._leases is not None and mode == "keep":
-            finished = self._leases.end_write(job_id, written)
-            if finished is not None:
-                self._leases.release(job_id, *finished)  # the run ended while the write was under way
+    def _end_write(self, job_id: Any, write: Any, *, written: bool) -> None:
+        if self._shared is not None and write is not None and write.mode is WriteMode.RUN_PENDING:
+            self._shared.book.end_write(job_id, written)
 
     def _delete_all(self) -> None:
         self.collection.delete_many({QUARANTINE_FIELD: {"$exists": False}, **self._accepted_filter()})
@@ -436,7 +543,7 @@ class MongoDBJobStore(StoreCore):
         return self._update_unchanged(row.id, row.data, row.revision, update, quarantined=False)
 
     def _unquarantine(self, row: Row, timestamp: float | None) -> bool:
-        update = {"$set": {"next_run_time": timestamp}, "$unset": {QUARANTINE_FIELD: ""}}
+        update = {"$set": {"next_run_time": timestamp}, "$unset": {QUARANTINE_FIELD: "", LEASE_FIELD: ""}}
         return self._update_unchanged(row.id, row.data, row.revision, update)
 
     def _update_unchanged(

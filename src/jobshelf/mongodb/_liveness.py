@@ -1,0 +1,287 @@
+"""Liveness: every shared store instance checks in about every second; one that stops is dead
+within seconds, and its claims are taken over at once, whatever its leases say.
+
+One record per started store instance, in the sibling collection ``<jobs collection>_holders``::
+
+    {_id: holder id, seen: <the server's time at its last check-in>, beat: <count>,
+     host, pid, running: <runs in flight>, started}
+
+Staleness is judged on the server's clock only: ``seen`` is set by the server (``$currentDate``),
+and an observer compares every record's ``seen`` with its own, written by the server just before,
+so no host's clock takes part. A holder is dead when its record is more than ``dead_after``
+seconds behind the observer's, or when it holds leases and has no record at all (a forged
+holder, or one whose record was cleaned up). A record is deleted by its owner at shutdown and
+by anyone once it has been stale for a minute.
+
+The :class:`Upkeep` thread does all of this and the lease upkeep of :mod:`._claims`: released
+leases written in batches, running leases renewed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from pymongo import ReturnDocument
+from pymongo.errors import PyMongoError
+
+from ._leases import LEASE_FIELD
+
+__all__ = ["HOLDERS_SUFFIX", "HolderRecord", "HolderRegistry", "Upkeep", "holder_id", "read_records"]
+
+logger = logging.getLogger("jobshelf.shared")
+
+#: The liveness collection is the jobs collection's name plus this.
+HOLDERS_SUFFIX = "_holders"
+#: Records stale this long (seconds) are deleted by whoever sees them.
+_FORGET_AFTER = 60.0
+#: The most holder records and unknown holders kept in memory.
+_MAX_HOLDERS = 1000
+
+
+class HolderRecord(NamedTuple):
+    """A shared store instance's liveness record, as read (fields ``None`` when malformed).
+
+    :ivar holder: its holder id (``host:pid:random``)
+    :ivar host: the host it runs on
+    :ivar pid: its process id
+    :ivar seen: the server's time at its last check-in (aware, UTC)
+    :ivar running: the runs it had in flight at its last check-in
+    :ivar alive: its last check-in is at most ``dead_after`` seconds older than the newest record's
+        (or than the reader's own check-in)
+    """
+
+    holder: Any
+    host: str | None
+    pid: int | None
+    seen: dt.datetime | None
+    running: int | None
+    alive: bool
+
+
+def read_records(collection: Any, dead_after: float, now: dt.datetime | None = None) -> list[HolderRecord]:
+    """Every liveness record of a jobs collection, judged on the server's clock: against ``now``
+    (a server time) or, without it, against the newest check-in among them."""
+    records = list(collection.database[collection.name + HOLDERS_SUFFIX].find().limit(_MAX_HOLDERS))
+    seen = {id(r): _aware(r.get("seen")) for r in records}
+    newest = (
+        _aware(now) if now is not None else max((t for t in seen.values() if t is not None), default=None)
+    )
+    found = []
+    for record in records:
+        when = seen[id(record)]
+        host, pid, running = record.get("host"), record.get("pid"), record.get("running")
+        alive = when is not None and newest is not None and abs((newest - when).total_seconds()) <= dead_after
+        found.append(
+            HolderRecord(
+                record.get("_id"),
+                host if type(host) is str else None,
+                int(pid) if isinstance(pid, int) and not isinstance(pid, bool) else None,
+                when,
+                int(running) if isinstance(running, int) and not isinstance(running, bool) else None,
+                alive,
+            )
+        )
+    return sorted(found, key=lambda r: (not r.alive, str(r.holder)))
+
+
+def _aware(value: Any) -> dt.datetime | None:
+    if not isinstance(value, dt.datetime):
+        return None
+    return (
+        value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value.astimezone(dt.timezone.utc)
+    )
+
+
+def holder_id() -> str:
+    """``host:pid:random``: unique per started store instance (and per process), readable by
+    operators. Computed at ``start()``, in the process that runs the scheduler."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+class HolderRegistry:
+    """The liveness records: this instance's check-in, and which other holders are live or dead.
+
+    :param jobs: the jobs collection (the records live beside it)
+    :param holder: this instance's holder id
+    :param dead_after: seconds without a check-in after which a holder is dead
+    """
+
+    def __init__(self, jobs: Any, holder: str, dead_after: float) -> None:
+        self.jobs = jobs
+        self.records = jobs.database[jobs.name + HOLDERS_SUFFIX]
+        self.holder = holder
+        self.dead_after = dead_after
+        #: holders taken for dead (stale records, and holders of leases without a record)
+        self.dead: frozenset[str] = frozenset()
+        #: live holders, this one included, sorted
+        self.live: tuple[str, ...] = (holder,)
+        self._stale: frozenset[str] = frozenset()
+        self._unknown: frozenset[str] = frozenset()
+        self._server_now: Any = None
+        self._checked_in_at: float | None = None  # time.monotonic() of the last check-in
+
+    def check_in(self, running: int) -> None:
+        """Write this instance's record (the server stamps ``seen``); warn when the previous
+        check-in is so long ago that others may have taken this process for dead."""
+        record = self.records.find_one_and_update(
+            {"_id": self.holder},
+            {
+                "$currentDate": {"seen": True},
+                "$inc": {"beat": 1},
+                "$set": {"host": socket.gethostname(), "pid": os.getpid(), "running": running},
+                "$setOnInsert": {"started": dt.datetime.now(dt.timezone.utc)},
+            },
+            upsert=True,
+            return_document=ReturnDocument.AFTER,
+            projection=["seen"],
+        )
+        now = time.monotonic()
+        if self._checked_in_at is not None and now - self._checked_in_at > self.dead_after:
+            logger.warning(
+                "%s: this process (holder %s) could not check in for %.1fs (paused, overloaded or cut "
+                "off from the database): other processes may have taken it for dead and run its "
+                "claimed jobs; its own late writes of those jobs are refused",
+                self.jobs.full_name, self.holder, now - self._checked_in_at,
+            )  # fmt: skip
+        self._checked_in_at = now
+        seen = record.get("seen") if isinstance(record, dict) else None
+        self._server_now = seen if isinstance(seen, dt.datetime) else None
+
+    @property
+    def server_now(self) -> Any:
+        """The server's time at this instance's last check-in (``None`` before the first)."""
+        return self._server_now
+
+    def observe(self) -> frozenset[str]:
+        """Read every record: which holders are live, which dead. Returns the newly dead ones."""
+        now = self._server_now
+        if now is None:
+            return frozenset()
+        live, stale = {self.holder}, set[str]()
+        for record in self.records.find({}, ["seen"]).limit(_MAX_HOLDERS):
+            holder, seen = record.get("_id"), record.get("seen")
+            if type(holder) is not str or holder == self.holder or not isinstance(seen, dt.datetime):
+                continue  # not a record jobshelf wrote: its holder counts as unknown
+            try:
+                behind = (now - seen).total_seconds()
+            except TypeError:  # naive against aware: a record written by another client setting
+                continue
+            if behind > self.dead_after:
+                stale.add(holder)
+            elif behind >= -self.dead_after:  # a check-in from the future is no check-in
+                live.add(holder)
+        self.live = tuple(sorted(live))
+        newly = frozenset(stale - self._stale)
+        self._stale = frozenset(stale)
+        self._unknown = self._unknown - live
+        self.dead = self._stale | self._unknown
+        return newly
+
+    def scan_unknown(self) -> frozenset[str]:
+        """Holders of leases that have no record (forged, or cleaned up): dead. Returns the newly
+        found ones. Records are read again after the leases, so a holder that started meanwhile
+        (it checks in before it claims) is never among them."""
+        holders = {h for h in self.jobs.distinct(f"{LEASE_FIELD}.holder") if type(h) is str}
+        holders.discard(self.holder)
+        if not holders:
+            return frozenset()
+        recorded = {record.get("_id") for record in self.records.find({}, ["_id"]).limit(_MAX_HOLDERS)}
+        unknown = frozenset(sorted(holders - recorded)[:_MAX_HOLDERS])
+        newly = unknown - self._unknown
+        self._unknown = unknown
+        self.dead = self._stale | self._unknown
+        return newly
+
+    def forget_stale(self) -> None:
+        """Delete records stale for a minute (their holders' claims are taken over by then)."""
+        if self._server_now is not None:
+            cutoff = self._server_now - dt.timedelta(seconds=max(_FORGET_AFTER, 10 * self.dead_after))
+            self.records.delete_many({"seen": {"$lt": cutoff}})
+
+    def leave(self) -> None:
+        """Delete this instance's record: other processes take its remaining claims over at once."""
+        self.records.delete_one({"_id": self.holder})
+
+
+class Upkeep(threading.Thread):
+    """A shared store's background upkeep, about every second: its check-in and the detection of
+    dead holders (:class:`HolderRegistry`), and its lease upkeep: released leases written in
+    batches as runs end, running leases renewed every ``lease / 3``.
+
+    :param registry: the liveness records
+    :param claims: the lease operations (:class:`~._claims.Claims`)
+    :param on_dead: called with newly dead holders (takes their claims over)
+    :param lease: the lease, seconds
+    """
+
+    def __init__(self, registry: HolderRegistry, claims: Any, on_dead: Callable[[frozenset[str]], None],
+                 lease: float) -> None:  # fmt: skip
+        super().__init__(name=f"jobshelf-upkeep-{registry.jobs.full_name}", daemon=True)
+        self._registry = registry
+        self._claims = claims
+        self._on_dead = on_dead
+        self._lease = lease
+        self._halt = threading.Event()
+        self._beat = min(1.0, registry.dead_after / 2)
+
+    def stop(self) -> None:
+        self._halt.set()
+        self._claims.book.releases_queued.set()  # wake the thread
+
+    def run(self) -> None:
+        registry, claims = self._registry, self._claims
+        now = time.monotonic()
+        next_beat = next_observe = now
+        next_renewal = now + self._lease / 3
+        next_scan = now + self._beat  # after the first check-in and observation
+        next_cleanup = now + _FORGET_AFTER / 2
+        beats = 0
+        while not self._halt.is_set():
+            try:
+                now = time.monotonic()
+                if now >= next_beat:
+                    next_beat = now + self._beat
+                    registry.check_in(claims.book.running_count())
+                    beats += 1
+                if now >= next_observe:
+                    # others present: look twice per beat; alone: every third beat (a newcomer
+                    # checks in before it claims anything)
+                    alone = len(registry.live) == 1 and not registry.dead
+                    next_observe = now + (self._beat * 3 if alone and beats > 2 else self._beat / 2)
+                    self._report(registry.observe())
+                if now >= next_scan:
+                    next_scan = now + self._lease
+                    self._report(registry.scan_unknown())
+                if now >= next_renewal:
+                    next_renewal = now + self._lease / 3
+                    claims.renew()
+                if now >= next_cleanup:
+                    next_cleanup = now + _FORGET_AFTER / 2
+                    registry.forget_stale()
+                claims.flush()
+            except PyMongoError as exc:
+                logger.warning("%s: shared-mode upkeep failed (%s); retrying", registry.jobs.full_name, exc)
+                self._halt.wait(min(1.0, self._beat))
+            except Exception:  # never let the upkeep die: the store would look dead to others
+                logger.exception("%s: shared-mode upkeep failed; retrying", registry.jobs.full_name)
+                self._halt.wait(min(1.0, self._beat))
+            timeout = max(0.0, min(next_beat, next_observe, next_renewal) - time.monotonic())
+            if claims.book.releases_queued.wait(timeout) and not self._halt.is_set():
+                self._halt.wait(0.05)  # runs that end together are released in one write
+
+    def _report(self, newly_dead: frozenset[str]) -> None:
+        if newly_dead:
+            logger.warning(
+                "%s: holder%s %s stopped checking in (dead for %ss); taking over its claimed jobs",
+                self._registry.jobs.full_name, "" if len(newly_dead) == 1 else "s",
+                ", ".join(sorted(newly_dead)), self._registry.dead_after,
+            )  # fmt: skip
+            self._on_dead(newly_dead)
