@@ -31,7 +31,10 @@ from .helpers import UTC, make_job
 
 pytestmark = pytest.mark.subprocess
 COMMAND = str(Path(sys.executable).with_name("jobshelf"))
-ROOT = str(Path(__file__).resolve().parent.parent)  # tests.* import in the command (for --allow)
+# tests.* import in the command (for --allow), before whatever PYTHONPATH holds
+ROOT = os.pathsep.join(
+    filter(None, [str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH")])
+)
 T0 = dt.datetime(2031, 1, 1, tzinfo=UTC)
 #: The jobs below call tests.helpers:dummy_job and this module's tick: the allow-list migrate reads with.
 ALLOW = ("--allow", "tests.helpers", "--allow", "tests.test_cli")
