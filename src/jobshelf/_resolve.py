@@ -94,7 +94,8 @@ def _instantiate(spec: SerializerSpec, pickle_protocol: Any) -> Any:
     if isinstance(spec, str) and spec in ("pickle", "cloudpickle"):
         spec = _import_spec(spec)  # by name, like any plug-in: resolution imports no serializer module
     if inspect.isclass(spec) and _takes_pickle_protocol(spec):  # pickle and cloudpickle
-        return spec(protocol)
+        pickle_family: Any = spec
+        return pickle_family(protocol)
     if protocol != pickle.HIGHEST_PROTOCOL:
         raise SerializerConfigError(
             f"pickle_protocol={pickle_protocol} applies to the pickle and cloudpickle serializers "
