@@ -12,6 +12,7 @@ from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
 from .._core.formats import UNTAGGED_FORMAT
+from .._core.rows import MalformedTag
 from .._exceptions import JobshelfError
 from .._resolve import available_serializers, resolve_serializer
 from .._serializer import Serializer
@@ -154,6 +155,8 @@ def tag_label(tag: Any) -> str:
         return UNTAGGED_FORMAT
     if type(tag) is str:
         return tag
+    if isinstance(tag, MalformedTag):  # counted by the store under the repr of what is stored
+        return f"<malformed {tag}>"
     return f"<malformed {type(tag).__name__} {tag!r}>"
 
 
