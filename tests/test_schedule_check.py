@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import pickle
 import threading
 import time
 import zoneinfo
@@ -256,6 +257,8 @@ refused("custom trigger computing naive times", Naive, SOON, "is a naive datetim
 
 admitted("interval", lambda: interval(jitter=30), SOON)
 admitted("interval that has ended", lambda: interval(end_date=SOON - DAY), SOON)
+# IntervalTrigger's constructor accepts an end before the start: it never fires again, harmlessly
+admitted("interval ending before it starts", lambda: interval(end_date=SOON - DAY, start_date=SOON), None)
 admitted("interval, a day of runs missed", lambda: interval(interval=dt.timedelta(seconds=10)), NOW - DAY)
 admitted("date in year 9999", lambda: DateTrigger(END), END)
 admitted("cron", lambda: cron(hour="*/2", minute=5, jitter=10), SOON)
@@ -327,6 +330,27 @@ def test_pickled_cron_fields_must_be_what_the_constructor_builds(
     assert store.lookup_job("bad") is None
     assert store.lookup_job("fine") is not None
     assert "trigger.fields" in quarantine_message(store, "bad")
+
+
+def test_a_zone_that_gives_no_offset_is_quarantined(make_store: Any, scheduler: BackgroundScheduler) -> None:
+    """``datetime.tzinfo`` itself is a zone a pickle can hold (the restricted unpickler admits it)."""
+    store = make_store(serializer="pickle")
+    store.start(scheduler, "default")
+    bare = dt.tzinfo()
+    forged = {
+        "zone": cron_with(lambda t: setattr(t, "timezone", bare), hour=1),
+        "run-date": date(dt.datetime(2030, 1, 1, tzinfo=bare)),
+    }
+    for job_id, trigger in forged.items():  # pickled by hand: the pickle serializer would not write them
+        state = make_job(scheduler, job_id, next_run_time=SOON).__getstate__()
+        state["trigger"] = trigger
+        document = {"_id": job_id, "next_run_time": SOON.timestamp(), "job_state": pickle.dumps(state)}
+        insert_document(store, {**document, FORMAT_FIELD: "pickle"})
+    assert store.lookup_job("zone") is None and store.lookup_job("run-date") is None
+    assert "NotImplementedError" in quarantine_message(store, "zone")
+    assert "trigger.run_date cannot be placed in time (NotImplementedError" in quarantine_message(
+        store, "run-date"
+    )
 
 
 # ----------------------------------------------------------------------------- writing

@@ -146,8 +146,8 @@ def _check_schedule(trigger: Any, next_run_time: dt.datetime | None, now: dt.dat
     if next_run_time is None:  # paused: resuming computes from now, in the application's thread
         _compute(probe, budget, None, now, MAX_WORK)
         return
-    if not _plain(next_run_time):
-        _moment(next_run_time, "next_run_time")
+    if not (_plain(next_run_time) and jitter <= _YEAR):  # the next fire time is later, jitter added
+        _moment(next_run_time, "next_run_time", jitter)
     after = _compute(probe, budget, next_run_time, max(now, next_run_time), MAX_WORK)
     if after is None:
         return  # the schedule is finished: APScheduler removes the job after this run
@@ -288,7 +288,10 @@ def _check_combining(trigger: Any, path: str, depth: int, in_and: bool) -> float
 
 def _plain(value: Any) -> bool:
     """The common case of :func:`_moment`, quickly: an aware datetime of years 2 to 9997."""
-    return type(value) is dt.datetime and 1 < value.year < 9998 and value.utcoffset() is not None
+    try:  # a zone that raises here is worded by _moment
+        return type(value) is dt.datetime and 1 < value.year < 9998 and value.utcoffset() is not None
+    except Exception:
+        return False
 
 
 def _check_interval(trigger: Any, path: str) -> None:
