@@ -14,7 +14,7 @@ from tests import servers
 
 from jobshelf import available_serializers
 
-from . import report, serializer_bench, shared_bench, store_bench
+from . import history_bench, report, serializer_bench, shared_bench, store_bench
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -34,7 +34,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--scale-100k", action="store_true", help="add N=100k to the scaling run")
     parser.add_argument(
         "--only",
-        choices=["serializers", "store", "scaling", "shared"],
+        choices=["serializers", "store", "scaling", "shared", "history"],
         action="append",
         help="run only these parts (repeatable)",
     )
@@ -76,7 +76,7 @@ class Progress:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    parts = set(args.only or ["serializers", "store", "scaling", "shared"])
+    parts = set(args.only or ["serializers", "store", "scaling", "shared", "history"])
     rounds = args.rounds or (3 if args.quick else 9)
     calls = 50 if args.quick else 300
     store_jobs = 24 if args.quick else 60
@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             + ("store" in parts) * rounds * (len(serializers) + 1)
             + ("scaling" in parts) * rounds * len(sizes) * 2
             + ("shared" in parts) * len(shared_bench.CONFIGS)
+            + ("history" in parts) * 2 * min(rounds, 5)
         )
         progress = Progress(total)
         results: dict[str, Any] = {"environment": env, "rounds": rounds}
@@ -119,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
         if "shared" in parts:
             shared = shared_bench.run(uri, quick=args.quick, progress=progress)
             results["shared"] = shared
+        if "history" in parts:  # history on against off, per loop (at most 5 rounds: ~10 s each)
+            results["history"] = history_bench.run(uri, quick=args.quick, rounds=min(rounds, 5),
+                                                   progress=progress)  # fmt: skip
         progress.close()
 
     text, checks = report.render(env, summary or {}, store, scaling, rounds)
@@ -126,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         text += "\n\n" + shared_bench.render(shared)
         label = "shared mode per loop, one process"
         checks.append((label, shared["loop_cost_ratio"], report.TARGETS[label]))
+    text += history_bench.section(results.get("history"), checks)
     text += "\n" + report.targets_table(checks, judge=not args.quick)
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
