@@ -1,0 +1,83 @@
+"""Execution history in shared mode: three real scheduler processes on one store write exactly one
+record per fire time (no process is killed, so no fire time is in the crash window).
+
+``python -m tests.test_history_shared URI DATABASE SECONDS`` is one of those processes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+import sys
+import time
+from collections import Counter
+from typing import Any
+
+import pytest
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+from pymongo import MongoClient
+
+from jobshelf import MongoDBJobStore
+
+from .helpers import UTC, make_job
+
+
+def work() -> None:
+    """The job: nothing; its record is what the test reads."""
+
+
+def worker(uri: str, database: str, seconds: float) -> None:
+    client: MongoClient[Any] = MongoClient(uri)
+    store = MongoDBJobStore(database=database, client=client, shared=True, lease=2, history=True)
+    scheduler = BackgroundScheduler(
+        timezone=UTC, jobstores={"default": store},
+        job_defaults={"misfire_grace_time": None, "coalesce": False, "max_instances": 5},
+    )  # fmt: skip
+    scheduler.start()
+    print("started", flush=True)
+    time.sleep(seconds)
+    scheduler.shutdown(wait=True)  # writes this process's last records
+    client.close()
+
+
+@pytest.mark.subprocess
+def test_three_shared_processes_write_one_record_per_fire_time(
+    mongodb_uri: str, mongo_client: MongoClient[Any], database: str
+) -> None:
+    store = MongoDBJobStore(database=database, client=mongo_client, history=True)
+    setup = BackgroundScheduler(timezone=UTC)
+    store.start(setup, "setup")
+    start = dt.datetime.now(UTC) + dt.timedelta(seconds=4)
+    for index in range(10):
+        trigger = IntervalTrigger(seconds=0.5, start_date=start)
+        store.add_job(make_job(setup, f"job{index}", func=work, trigger=trigger, next_run_time=start,
+                               misfire_grace_time=None, max_instances=5))  # fmt: skip
+    store.shutdown()
+    command = [sys.executable, "-m", "tests.test_history_shared", mongodb_uri, database, "12"]
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    workers = [subprocess.Popen(command, **quiet) for _ in range(3)]
+    for process in workers:
+        process.wait(90)
+    stopped_at = time.time()
+    assert [process.returncode for process in workers] == [0, 0, 0]
+
+    records = store.get_job_history(limit=100_000)
+    assert store.get_job_history(duplicates=True) == []
+    assert {record.outcome for record in records} == {"executed"}
+    per_fire_time = Counter((record.job_id, record.scheduled_run_time) for record in records)
+    assert max(per_fire_time.values()) == 1  # never twice
+    expected = set()
+    for index in range(10):
+        when = start
+        while when.timestamp() < stopped_at - 4:  # the last seconds may be cut by the shutdowns
+            expected.add((f"job{index}", when))
+            when += dt.timedelta(seconds=0.5)
+    assert expected - set(per_fire_time) == set()  # none missing
+    assert len(expected) >= 10 * 8
+    pids = {record.holder.pid for record in records if record.holder is not None}
+    assert pids <= {process.pid for process in workers} and len(records) == sum(per_fire_time.values())
+
+
+if __name__ == "__main__":
+    worker(sys.argv[1], sys.argv[2], float(sys.argv[3]))
