@@ -367,6 +367,11 @@ def test_the_history_collection_has_its_indexes(mongo_client: MongoClient[Any], 
     custom.shutdown()
     keys = {tuple(info["key"]): info for info in mongo_client[database].audit.index_information().values()}
     assert keys[(("finished_at", 1),)]["expireAfterSeconds"] == 3600
+    changed = MongoDBJobStore(database=database, client=mongo_client, history="audit", history_ttl=60)
+    changed.start(BackgroundScheduler(timezone=UTC), "default")  # the existing TTL index takes the new one
+    changed.shutdown()
+    keys = {tuple(info["key"]): info for info in mongo_client[database].audit.index_information().values()}
+    assert keys[(("finished_at", 1),)]["expireAfterSeconds"] == 60
 
 
 # ----------------------------------------------------------------------------- an outage
