@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import operator
 from typing import Any
 
 from apscheduler.triggers.base import BaseTrigger
@@ -32,7 +33,7 @@ from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from ._exceptions import DeserializationError, SerializationError
-from ._marshal._triggers import cron_fields_problem
+from ._marshal._triggers import cron_fields_compiled, cron_fields_problem
 
 __all__ = [
     "EARLIEST",
@@ -148,7 +149,16 @@ def _check_schedule(trigger: Any, next_run_time: dt.datetime | None, now: dt.dat
         return
     if not (_plain(next_run_time) and jitter <= _YEAR):  # the next fire time is later, jitter added
         _moment(next_run_time, "next_run_time", jitter)
-    after = _compute(probe, budget, next_run_time, max(now, next_run_time), MAX_WORK)
+    key = _cron_key(trigger, next_run_time)
+    cached = _CRON_NEXT.get(key) if key is not None else None
+    if cached is not None and all(map(operator.is_, cached[0], trigger.fields)):
+        after = cached[1]
+    else:
+        after = _compute(probe, budget, next_run_time, max(now, next_run_time), MAX_WORK)
+        if key is not None:
+            if len(_CRON_NEXT) >= _CRON_NEXT_LIMIT:
+                _CRON_NEXT.clear()
+            _CRON_NEXT[key] = (tuple(trigger.fields), after)  # holds the fields: their ids stay theirs
     if after is None:
         return  # the schedule is finished: APScheduler removes the job after this run
     if not (_plain(after) and jitter <= _YEAR and after > next_run_time):
@@ -176,6 +186,30 @@ def _check_schedule(trigger: Any, next_run_time: dt.datetime | None, now: dt.dat
         if problem.exhausted:
             _missed(next_run_time, now)
         raise
+
+
+# (field ids, zone, start, end, next run time) -> (the fields, the fire time after it), for cron
+# triggers without jitter whose fields this process compiled: the fire time after a given one does
+# not depend on now, so a job checked when written is not computed again when read.
+_CRON_NEXT: dict[tuple[Any, ...], tuple[tuple[Any, ...], Any]] = {}
+_CRON_NEXT_LIMIT = 4096
+
+
+def _cron_key(trigger: Any, next_run_time: dt.datetime) -> tuple[Any, ...] | None:
+    if type(trigger) is not CronTrigger or trigger.jitter or not cron_fields_compiled(trigger.fields):
+        return None
+    try:
+        key = (
+            *map(id, trigger.fields),
+            trigger.timezone,
+            trigger.start_date,
+            trigger.end_date,
+            next_run_time,
+        )
+        hash(key)
+    except Exception:
+        return None
+    return key
 
 
 def _compute(

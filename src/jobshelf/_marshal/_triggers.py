@@ -21,6 +21,7 @@ from apscheduler.util import astimezone
 __all__ = [
     "MAX_CRON_EXPRESSION",
     "TriggerCodec",
+    "cron_fields_compiled",
     "cron_fields_problem",
     "field_expression",
     "REGISTRY_BY_CLASS",
@@ -118,7 +119,7 @@ def cron_fields_problem(fields: Any) -> str | None:
     """
     if type(fields) is not list or len(fields) != len(CronTrigger.FIELD_NAMES):
         return f"is not a list of {len(CronTrigger.FIELD_NAMES)} cron fields"
-    if all(_COMPILED.get(id(field)) is field for field in fields):
+    if cron_fields_compiled(fields):
         return None
     expressions, defaults = [], 0
     for index, (name, field) in enumerate(zip(CronTrigger.FIELD_NAMES, fields)):
@@ -145,6 +146,11 @@ def cron_fields_problem(fields: Any) -> str | None:
             expression = expressions[index]
             return f"[{index}] ({field.name}) holds values CronTrigger would not build from {expression!r}"
     return None
+
+
+def cron_fields_compiled(fields: list[Any]) -> bool:
+    """Whether every field is one this module compiled (and so holds alive, unchanged)."""
+    return all(_COMPILED.get(id(field)) is field for field in fields)
 
 
 def _same_expressions(found: list[Any], built: list[Any]) -> bool:
