@@ -264,6 +264,10 @@ admitted("date in year 9999", lambda: DateTrigger(END), END)
 admitted("cron", lambda: cron(hour="*/2", minute=5, jitter=10), SOON)
 admitted("cron on 29 February, Mondays", lambda: cron(month=2, day=29, day_of_week="mon"), SOON)
 admitted("cron, an hour of seconds missed", lambda: cron(second="*"), NOW - DAY / 24)
+# the night clocks fall back: 02:00+01:00 is after 02:30+02:00, though its wall time is earlier
+FALL_BACK = dt.datetime(2027, 10, 31, 2, 30, tzinfo=BERLIN)
+admitted("cron as clocks fall back", lambda: cron(minute="*/30"), FALL_BACK)
+admitted("cron at the repeated hour", lambda: cron(hour="*/2", minute=30), FALL_BACK)
 admitted("calendar", lambda: calendar(interval=[0, 1, 0, 3]), SOON)
 admitted("and of a cron and a calendar that agree",
          lambda: AndTrigger([cron(hour=9, timezone=UTC), calendar()], jitter=5),

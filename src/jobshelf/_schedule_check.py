@@ -161,7 +161,9 @@ def _check_schedule(trigger: Any, next_run_time: dt.datetime | None, now: dt.dat
             _CRON_NEXT[key] = (tuple(trigger.fields), after)  # holds the fields: their ids stay theirs
     if after is None:
         return  # the schedule is finished: APScheduler removes the job after this run
-    if not (_plain(after) and jitter <= _YEAR and after > next_run_time):
+    # instants compared as timestamps: datetimes of one zone compare by wall time, and the two 02:30
+    # of a night that falls back compare equal
+    if not (_plain(after) and jitter <= _YEAR and after.timestamp() > next_run_time.timestamp()):
         _fire_time(after, next_run_time, jitter)
     if after > now:
         return
@@ -243,7 +245,7 @@ def _fire_time(value: Any, previous: dt.datetime, jitter: float) -> None:
     if not isinstance(value, dt.datetime):
         raise ScheduleProblem("trigger", f"computes a {type(value).__name__} as its next fire time")
     _moment(value, "trigger's next fire time", jitter)
-    if value <= previous:
+    if value.timestamp() <= previous.timestamp():
         raise ScheduleProblem(
             "trigger",
             f"computes {value.isoformat()} as the fire time after {previous.isoformat()}: "
