@@ -311,6 +311,18 @@ def test_a_trigger_that_computes_is_admitted(
     assert job is not None and job.next_run_time == next_run_time
 
 
+def test_the_repeated_hour_is_two_next_run_times(make_store: Any, scheduler: BackgroundScheduler) -> None:
+    """02:30 before and after clocks fall back are equal datetimes, with different next fire times."""
+    store = make_store(serializer="msgpack")
+    store.start(scheduler, "default")
+    forge(store, scheduler, "first", cron(minute="*/30"), FALL_BACK)
+    forge(store, scheduler, "second", cron(minute="*/30"), FALL_BACK.replace(fold=1))
+    assert FALL_BACK.replace(fold=1) == FALL_BACK
+    assert store.lookup_job("first") is not None
+    assert store.lookup_job("second") is not None
+    assert store.get_quarantined_jobs() == []
+
+
 #: Cron fields whose objects were changed after construction: only a pickle can carry them.
 FORGED_FIELDS: dict[str, Callable[[CronTrigger], None]] = {
     "hour beyond 23": lambda t: setattr(t.fields[5].expressions[0], "first", 30),

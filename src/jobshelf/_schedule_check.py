@@ -201,17 +201,18 @@ def _cron_key(trigger: Any, next_run_time: dt.datetime) -> tuple[Any, ...] | Non
     if type(trigger) is not CronTrigger or trigger.jitter or not cron_fields_compiled(trigger.fields):
         return None
     try:
-        key = (
-            *map(id, trigger.fields),
-            trigger.timezone,
-            trigger.start_date,
-            trigger.end_date,
-            next_run_time,
-        )
+        moments = (trigger.start_date, trigger.end_date, next_run_time)
+        key = (*map(id, trigger.fields), trigger.timezone, *map(_exactly, moments))
         hash(key)
     except Exception:
         return None
     return key
+
+
+def _exactly(moment: Any) -> Any:
+    # datetimes of one zone are equal by wall time (02:30 before and after clocks fall back); the
+    # instant, zone and fold tell them apart
+    return None if moment is None else (moment.timestamp(), moment.tzinfo, moment.fold)
 
 
 def _compute(
