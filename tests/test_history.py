@@ -216,12 +216,12 @@ def test_fire_times_skipped_at_max_instances_are_recorded(make_store: StoreFacto
     by_outcome: dict[str, list[RunRecord]] = {}
     for record in records:
         by_outcome.setdefault(record.outcome, []).append(record)
-    assert sorted(r.scheduled_run_time or start for r in by_outcome["skipped"]) == skipped_times
+    assert set(by_outcome) <= {"executed", "skipped"}, records
+    assert sorted(r.scheduled_run_time or start for r in by_outcome["skipped"]) == skipped_times, records
     assert all(r.duration is None and r.error is None for r in by_outcome["skipped"])
     first = min(by_outcome["executed"], key=lambda r: r.scheduled_run_time or start)
-    assert first.scheduled_run_time == start  # the run that held the only instance
-    assert first.duration is not None and first.duration >= 0.4  # it waited through two skips
-    assert set(by_outcome) <= {"executed", "skipped"}
+    assert first.scheduled_run_time == start, records  # the run that held the only instance
+    assert first.duration is not None and first.duration >= 0.4, records  # it waited through two skips
 
 
 def test_a_run_reported_before_its_submission_is_recorded_once(make_store: StoreFactory) -> None:

@@ -5,7 +5,9 @@ Never in the scheduler's way:
 - the listener only builds a small record and appends it to a bounded queue (the submission
   event arrives on the loop's thread, the others on the executor's); nothing waits for the
   database there, and an error in it is logged, never raised;
-- a writer thread takes what waits, in batches, and writes it through the adapter's sink. While
+- a writer thread takes what waits, in batches, and writes it through the adapter's sink, once the
+  loop pass that submitted those jobs is over (its submission events mark the end of the pass), so
+  that the database does the history's work between the loop's passes rather than during them. While
   the database cannot be reached the records wait (retried with a growing pause, up to 5 s); past
   ``history_buffer`` waiting records the oldest are dropped, counted, and one warning says so;
   a batch the database refuses for another reason is logged and dropped (counted too).
@@ -55,6 +57,9 @@ LIMITS = {"job_id": 1000, "type": 200, "message": 2000, "traceback": 8000, "host
 BATCH = 500
 #: Seconds the writer waits after a first record for others to join its batch.
 LINGER = 0.2
+#: Seconds at most the writer then waits for the loop pass under way to end (it writes between
+#: passes, so its database work does not delay the loop's own).
+PASS_WAIT = 1.0
 #: Seconds shutdown() waits for the last records to be written.
 STOP_WAIT = 5.0
 _OUTCOME = {EVENT_JOB_EXECUTED: "executed", EVENT_JOB_ERROR: "error", EVENT_JOB_MISSED: "missed"}
@@ -121,6 +126,7 @@ class HistoryRecorder:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._failing = False  # the database could not be reached at the last try
+        self._pass_open = False  # the loop picked jobs up and has not dispatched their submission yet
         self._drop_warned = False
 
     # ------------------------------------------------------------------------- life cycle
@@ -176,6 +182,7 @@ class HistoryRecorder:
         with self._lock:
             if self._stopping:
                 return
+            self._pass_open = True
             for job in jobs:
                 self._picked[job.id] = now
                 self._picked.move_to_end(job.id)
@@ -201,6 +208,7 @@ class HistoryRecorder:
 
     def _submitted(self, job_id: Any, run_times: Sequence[dt.datetime], now: float) -> None:
         with self._lock:
+            self._end_of_pass()
             submitted = self._picked.pop(job_id, now)
             for run_time in run_times:
                 key = (job_id, datetime_to_utc_timestamp(run_time))
@@ -213,9 +221,16 @@ class HistoryRecorder:
 
     def _skipped(self, job_id: Any, run_times: Sequence[dt.datetime], now: float) -> None:
         with self._lock:
+            self._end_of_pass()
             submitted = self._picked.pop(job_id, now)
         for run_time in run_times:
             self._queue_record(self._record(job_id, run_time, "skipped", submitted, now))
+
+    def _end_of_pass(self) -> None:
+        """A submission event (lock held): APScheduler dispatches them at the end of its pass."""
+        if self._pass_open:
+            self._pass_open = False
+            self._lock.notify_all()
 
     def _finished(self, event: Any, now: float) -> None:
         job_id, run_time = event.job_id, event.scheduled_run_time
@@ -294,6 +309,9 @@ class HistoryRecorder:
                     return  # stopping, nothing left
                 if not self._stopping and not self._failing and len(self._queue) < BATCH:
                     self._lock.wait_for(lambda: len(self._queue) >= BATCH or self._stopping, LINGER)
+                    self._lock.wait_for(
+                        lambda: not self._pass_open or len(self._queue) >= BATCH or self._stopping, PASS_WAIT
+                    )
                 batch = [self._queue.popleft() for _ in range(min(BATCH, len(self._queue)))]
             if self._write(batch):
                 pause = 0.5
