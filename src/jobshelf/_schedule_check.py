@@ -10,12 +10,15 @@ only when
    forward: intervals above zero, jitter of 0 or more seconds, dates inside the calendar), and
 2. the fire time after the state's next run time can be computed without raising, inside the
    calendar, later than the next run time, and within a bounded amount of work; for a due job, the
-   fire times APScheduler would enumerate up to now are at most :data:`MAX_MISSED_RUN_TIMES`.
+   fire times APScheduler would enumerate up to now are at most :data:`MAX_MISSED_RUN_TIMES`. A
+   paused job must compute its fire time from now, as resuming it does (APScheduler computes it
+   holding the lock its loop needs).
 
 The built-in cron, calendar-interval and And/Or triggers compute on a *probe*: a copy of the
 trigger, of a subclass that counts the reads of the attribute their loops read on every round and
 stops after :data:`MAX_WORK` of them. The probe runs APScheduler's own code, so the answer is
-APScheduler's. Other triggers (custom ones, subclasses) are asked once, as APScheduler would.
+APScheduler's. Other triggers (custom ones, subclasses) are asked once, as APScheduler would: their
+work is theirs to bound.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from ._marshal._triggers import cron_fields_compiled, cron_fields_problem
 __all__ = [
     "EARLIEST",
     "LATEST",
+    "MAX_CATCH_UP_WORK",
     "MAX_DEPTH",
     "MAX_MISSED_RUN_TIMES",
     "MAX_WORK",
