@@ -265,7 +265,10 @@ admitted("cron", lambda: cron(hour="*/2", minute=5, jitter=10), SOON)
 admitted("cron on 29 February, Mondays", lambda: cron(month=2, day=29, day_of_week="mon"), SOON)
 admitted("cron, an hour of seconds missed", lambda: cron(second="*"), NOW - DAY / 24)
 # the night clocks fall back: 02:00+01:00 is after 02:30+02:00, though its wall time is earlier
-FALL_BACK = dt.datetime(2027, 10, 31, 2, 30, tzinfo=BERLIN)
+LAST_OCTOBER_DAY = dt.date(SOON.year + 1, 10, 31)
+FALL_BACK = dt.datetime.combine(
+    LAST_OCTOBER_DAY - dt.timedelta(days=(LAST_OCTOBER_DAY.weekday() + 1) % 7), dt.time(2, 30), BERLIN
+)  # the last Sunday of October, 02:30 summer time
 admitted("cron as clocks fall back", lambda: cron(minute="*/30"), FALL_BACK)
 admitted("cron at the repeated hour", lambda: cron(hour="*/2", minute=30), FALL_BACK)
 admitted("calendar", lambda: calendar(interval=[0, 1, 0, 3]), SOON)
