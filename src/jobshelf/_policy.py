@@ -1,20 +1,19 @@
 """What a decoded job state must look like, and which callables it may name.
 
-Both checks run after a state is decoded and before anything in it is resolved or imported: a
-state that passes becomes a :class:`~apscheduler.job.Job`; one that fails is quarantined.
+Both checks run after a state is decoded and before APScheduler resolves its callable (the
+callable check imports at most a module the allow-list allows; see :mod:`._allowlist`): a state
+that passes becomes a :class:`~apscheduler.job.Job`; one that fails is quarantined.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import fnmatch
-import re
-from collections.abc import Iterable
 from typing import Any
 
 from apscheduler.triggers.base import BaseTrigger
 
-from ._exceptions import DeserializationError, SerializationError
+from ._allowlist import CallablePolicy
+from ._exceptions import DeserializationError
 from ._schedule_check import check_schedule
 from ._serializer import STATE_KEYS
 
@@ -76,92 +75,3 @@ def validate_state(state: dict[str, Any], row_id: Any, *, by_value: bool) -> Non
 
 def _refuse(row_id: Any, reason: str) -> None:
     raise DeserializationError(f"job {row_id!r} has a malformed state: {reason}")
-
-
-_REFERENCE = re.compile(r"[\w.]+:[\w.<>]+")
-
-
-class CallablePolicy:
-    """Which callables a stored job may name: the ``allowed_callables=`` list.
-
-    Each pattern is a module name (that module and its submodules: ``"myapp.jobs"``) or a
-    ``"module:qualname"`` pattern with shell-style wildcards (``"myapp.tasks:send_*"``).
-
-    :param patterns: the allow-list; ``None`` allows every callable (the stock store's behaviour)
-    :param allow_by_value: allow callables stored by value (cloudpickle's lambdas and closures),
-        which have no reference to check before they are unpickled
-    """
-
-    def __init__(self, patterns: Iterable[str] | None = None, *, allow_by_value: bool = False) -> None:
-        if isinstance(patterns, str):
-            raise TypeError(f"allowed_callables must be a list, got the string {patterns!r}")
-        self.patterns = None if patterns is None else tuple(patterns)
-        self.allow_by_value = allow_by_value or self.patterns is None
-        self._modules: tuple[str, ...] = ()
-        self._globs: tuple[str, ...] = ()
-        for pattern in self.patterns or ():
-            if not isinstance(pattern, str) or not pattern:
-                raise TypeError(f"allowed_callables holds {pattern!r}; give module names or 'module:name'")
-            if ":" in pattern:
-                self._globs += (pattern,)
-            else:
-                self._modules += (pattern,)
-
-    @property
-    def restricts(self) -> bool:
-        """True when an allow-list is configured."""
-        return self.patterns is not None
-
-    def allows(self, reference: str) -> bool:
-        """True when the ``"module:qualname"`` reference is allowed (nothing is imported)."""
-        if self.patterns is None:
-            return True
-        if not _REFERENCE.fullmatch(reference):
-            return False
-        module = reference.partition(":")[0]
-        if any(module == allowed or module.startswith(f"{allowed}.") for allowed in self._modules):
-            return True
-        return any(fnmatch.fnmatchcase(reference, glob) for glob in self._globs)
-
-    def allows_global(self, module: str, name: str) -> bool:
-        """True when an unpickler may load ``module.name``: the module is allowed, or the reference
-        matches a pattern. Used for classes in arguments as well as for the callable."""
-        return self.allows(f"{module}:{name}")
-
-    def check_state(self, state: dict[str, Any], job_id: Any) -> None:
-        """Refuse a decoded state whose callable is not allowed.
-
-        :raises DeserializationError: naming the job and the reference
-        """
-        problem = self._problem(state["func"])
-        if problem:
-            raise DeserializationError(f"job {job_id!r} {problem}")
-
-    def check_outgoing(self, state: dict[str, Any], job_id: Any) -> None:
-        """Refuse to store a job whose callable is not allowed.
-
-        :raises SerializationError: naming the job and the reference
-        """
-        problem = self._problem(state["func"])
-        if problem:
-            raise SerializationError(f"job {job_id!r} {problem}; nothing was written")
-
-    def _problem(self, func: Any) -> str | None:
-        if self.patterns is None:
-            return None
-        if isinstance(func, str):
-            if self.allows(func):
-                return None
-            return (
-                f"calls {func!r}, which allowed_callables does not allow ({list(self.patterns)}); "
-                "add its module to allowed_callables if it is yours"
-            )
-        if self.allow_by_value:
-            return None
-        return (
-            f"carries its callable by value ({getattr(func, '__qualname__', type(func).__name__)}), "
-            "which no allow-list can check before unpickling; pass allow_by_value=True to trust it"
-        )
-
-    def __repr__(self) -> str:
-        return f"CallablePolicy({self.patterns!r}, allow_by_value={self.allow_by_value})"

@@ -7,27 +7,29 @@ from collections.abc import Callable
 from typing import Any
 
 from .._exceptions import SerializationError
-from .._serializer import decode_with
+from .._serializer import decode_with, pickle_protocol_number
+from ._admitted import prepare as prepare_restricted
 from ._restricted import restricted_loads
 
-__all__ = ["PickleSerializer", "pickle_protocol"]
+__all__ = ["PickleSerializer", "restricted_globals"]
 
 
-def pickle_protocol(value: Any) -> int:
-    """The protocol number :func:`pickle.dumps` would use for ``value``, or a clear error.
+def restricted_globals() -> list[str]:
+    """Every ``"module:name"`` the restricted reader admits for a job state by itself, sorted.
 
-    Like pickle: a negative int means :data:`pickle.HIGHEST_PROTOCOL` and ``None`` means
-    :data:`pickle.DEFAULT_PROTOCOL`. Unlike pickle, ``True``/``False`` are refused: they are ints
-    to Python, but never what anyone meant by a protocol.
+    Constructors (``builtins.set``, ``datetime.datetime``, ``zoneinfo.ZoneInfo._unpickle``...)
+    are called only with the arguments a job state needs, checked by type and size; classes
+    (``uuid.UUID``, APScheduler's cron fields and expressions, the registered triggers) are built
+    without arguments and filled in. Besides these, only the functions and classes
+    ``allowed_callables`` allows are loaded, and with ``allow_by_value=True`` cloudpickle's
+    reconstructors (see the README's Security model).
     """
-    if value is None:
-        return pickle.DEFAULT_PROTOCOL
-    if type(value) is not int or value > pickle.HIGHEST_PROTOCOL:
-        raise ValueError(
-            f"pickle protocol must be an int up to {pickle.HIGHEST_PROTOCOL} (negative: the highest; "
-            f"None: the default {pickle.DEFAULT_PROTOCOL}), got {value!r}"
-        )
-    return pickle.HIGHEST_PROTOCOL if value < 0 else value
+    from .._marshal._triggers import REGISTRY_BY_CLASS
+    from ._admitted import CONSTRUCTORS, INSTANCE_CLASSES
+
+    names = {f"{module}:{name}" for module, name in (*CONSTRUCTORS, *INSTANCE_CLASSES)}
+    names.update(f"{cls.__module__}:{cls.__qualname__}" for cls in REGISTRY_BY_CLASS)
+    return sorted(names)
 
 
 class PickleSerializer:
@@ -46,7 +48,8 @@ class PickleSerializer:
     decoding_runs_code = True
 
     def __init__(self, protocol: int | None = pickle.HIGHEST_PROTOCOL) -> None:
-        self.protocol = pickle_protocol(protocol)
+        self.protocol = pickle_protocol_number(protocol)
+        prepare_restricted()  # zone lists read now, so that restricted decoding reads nothing else
 
     def dumps(self, state: dict[str, Any], /) -> bytes:
         """Pickle ``state`` at the configured protocol."""
@@ -62,10 +65,13 @@ class PickleSerializer:
         return decode_with(self.format_name, pickle.loads, data)
 
     def loads_restricted(self, data: bytes, allows_global: Callable[[str, str], bool], /) -> dict[str, Any]:
-        """Unpickle ``data`` admitting only job-state classes (datetimes, zones, built-in and
-        registered triggers) and the globals ``allows_global(module, name)`` allows.
+        """Unpickle ``data`` on the restricted interpreter: only :func:`restricted_globals`, each
+        with the arguments a job state needs, and the functions and classes ``allows_global``
+        allows (by the reference rule of ``allowed_callables``); every other instruction with an
+        effect is judged too (see ``jobshelf.serializers._restricted``).
 
-        Stores call this instead of :meth:`loads` when ``allowed_callables`` is set.
+        Stores call this instead of :meth:`loads` when ``allowed_callables`` is set; a store's
+        policy also says whether callables stored by value (``allow_by_value=True``) are built.
         """
         return decode_with(self.format_name, lambda payload: restricted_loads(payload, allows_global), data)
 
