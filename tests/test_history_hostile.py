@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import threading
 from typing import Any
 
 import pytest
@@ -19,7 +20,7 @@ from pymongo.errors import PyMongoError
 
 from jobshelf import Holder, MemoryJobStore, MongoDBJobStore, RunError, RunRecord
 
-from .helpers import UTC
+from .helpers import UTC, loop_is_alive
 
 T0 = dt.datetime(2030, 1, 1, tzinfo=UTC)
 FIELDS = ["job_id", "scheduled_run_time", "submitted_at", "finished_at", "duration", "outcome", "error",
@@ -174,3 +175,30 @@ def test_what_malformed_fields_read_as() -> None:
     )  # fmt: skip
     assert read.holder == Holder(host="\x1b[2J", pid=None, instance="<NoneType None>")  # escaped when shown
     assert read.scheduled_run_time == T0 + dt.timedelta(seconds=1)
+
+
+def mark(name: str) -> None:
+    RAN.set()
+
+
+RAN = threading.Event()
+
+
+def test_records_are_written_beside_hostile_ones() -> None:
+    """The memory store's writer meets malformed records (naive dates, non-records) and writes on."""
+    store = MemoryJobStore(history=True, history_ttl=60)
+    naive = valid(1)
+    naive["finished_at"] = dt.datetime(2000, 1, 1)  # naive: not comparable with the TTL's cutoff
+    store.storage.runs["runs"] = [naive, Nasty(), None, {"finished_at": Nasty()}]  # type: ignore[list-item]
+    scheduler = BackgroundScheduler(timezone=UTC, jobstores={"default": store})
+    scheduler.start()
+    try:
+        RAN.clear()
+        scheduler.add_job(mark, "date", run_date=dt.datetime.now(UTC), args=["real"], id="real")
+        assert RAN.wait(20)
+        assert loop_is_alive(scheduler)
+    finally:
+        scheduler.shutdown(wait=True)
+    (record,) = store.get_job_history("real")
+    assert record.outcome == "executed" and store.history_dropped == 0
+    assert len(store.storage.runs["runs"]) == 5  # nothing of another program's removed but by its TTL

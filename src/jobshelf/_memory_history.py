@@ -18,6 +18,17 @@ def _number(value: Any) -> bool:
     return type(value) in (float, int) and not (type(value) is float and math.isnan(value))
 
 
+def _expired(record: Any, cutoff: dt.datetime) -> bool:
+    """A record whose ``finished_at`` is an aware date before ``cutoff`` (anything else stays)."""
+    if type(record) is not dict:
+        return False
+    finished = record.get("finished_at")
+    try:
+        return type(finished) is dt.datetime and finished.tzinfo is not None and finished < cutoff
+    except Exception:  # a tzinfo of another program's making
+        return False
+
+
 def _key(document: dict[str, Any]) -> tuple[str, float] | None:
     """(job id, fire time) when both are plain values, else ``None``."""
     job_id: Any = document.get("job_id")
@@ -59,16 +70,13 @@ class MemoryHistorySink(HistorySink):
         with self._lock:
             records = self._records()
             cutoff = dt.datetime.fromtimestamp(time.time() - self._ttl, dt.timezone.utc)
-            records[:] = [
-                r for r in records
-                if not (type(r.get("finished_at")) is dt.datetime and r["finished_at"] < cutoff)
-            ]  # fmt: skip
-            ids = {r.get("_id") for r in records if type(r.get("_id")) is str}
+            records[:] = [r for r in records if not _expired(r, cutoff)]
+            ids = {r.get("_id") for r in records if type(r) is dict and type(r.get("_id")) is str}
             for document in documents:
                 if document["_id"] in ids:
                     continue  # written already
                 key = _key(document)
-                earlier = [r.get("copy") for r in records if _key(r) == key]
+                earlier = [r.get("copy") for r in records if type(r) is dict and _key(r) == key]
                 copy = max((c for c in earlier if type(c) is int), default=0) + 1 if earlier else 0
                 stored = {**document, "holder": dict(document["holder"]), "copy": copy, "duplicate": copy > 0}
                 records.append(stored)
@@ -86,7 +94,7 @@ class MemoryHistorySink(HistorySink):
             outcome = record.get("outcome")
             return query.outcomes is None or (type(outcome) is str and outcome in query.outcomes)
 
-        return [record for record in self._records() if isinstance(record, dict) and wanted(record)]
+        return [record for record in self._records() if type(record) is dict and wanted(record)]
 
     def read(self, query: HistoryQuery) -> list[Any]:
         with self._lock:
@@ -107,7 +115,7 @@ class MemoryHistorySink(HistorySink):
                 outcome = outcome if type(outcome) is str else None
                 outcomes[outcome] = outcomes.get(outcome, 0) + 1
                 holder = record.get("holder")
-                instance = holder.get("instance") if isinstance(holder, dict) else None
+                instance = holder.get("instance") if type(holder) is dict else None
                 instance = instance if type(instance) is str else None
                 holders[instance] = holders.get(instance, 0) + 1
                 duplicates += record.get("duplicate") is True

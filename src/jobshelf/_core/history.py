@@ -174,7 +174,7 @@ def _time(value: Any) -> dt.datetime | None:
 
 
 def _holder(value: Any) -> Holder | None:
-    if not isinstance(value, dict):
+    if type(value) is not dict:
         return None
     pid = value.get("pid")
     return Holder(
@@ -185,7 +185,7 @@ def _holder(value: Any) -> Holder | None:
 
 
 def _error(value: Any) -> RunError | None:
-    if not isinstance(value, dict):
+    if type(value) is not dict:
         return None
     return RunError(
         type=_text(value.get("type", ""), LIMITS["type"]),
@@ -201,7 +201,7 @@ def record_from_document(document: Any) -> RunRecord:
     (an outcome not in :data:`OUTCOMES`) or as its type and ``repr`` (the job id); text is cut to
     :data:`LIMITS`. Nothing is decoded as code.
     """
-    fields: dict[str, Any] = document if isinstance(document, dict) else {}
+    fields: dict[str, Any] = document if type(document) is dict else {}
     outcome = fields.get("outcome")
     duration: Any = fields.get("duration")
     return RunRecord(
@@ -297,6 +297,9 @@ class HistoryOperations:
     def _where(self) -> str:
         raise NotImplementedError  # the store's
 
+    def _in_loop(self) -> bool:
+        raise NotImplementedError  # the store's
+
     def _configure_history(self, history: Any, history_ttl: Any, history_buffer: Any) -> None:
         name = history_name(history)
         self._history_wanted = name is not None
@@ -310,6 +313,7 @@ class HistoryOperations:
         self.history_buffer: int = int(as_number("history_buffer", history_buffer, integer=True))
         self._history_sink_made: HistorySink | None = None
         self._history_recorder: HistoryRecorder | None = None
+        self._history_dropped_before = 0  # by the recorders of earlier starts
 
     @property
     def history(self) -> str | None:
@@ -318,10 +322,11 @@ class HistoryOperations:
 
     @property
     def history_dropped(self) -> int:
-        """Records lost since the store started: dropped past ``history_buffer`` while the
-        database could not be reached, or refused by it (each loss is logged)."""
+        """Records lost since the store was made: dropped past ``history_buffer`` while the
+        database could not be reached, refused by it, or still waiting at shutdown (each loss is
+        logged)."""
         recorder = self._history_recorder
-        return int(recorder.dropped) if recorder is not None else 0
+        return self._history_dropped_before + (int(recorder.dropped) if recorder is not None else 0)
 
     def _sink(self) -> HistorySink:
         if not self._history_wanted:
@@ -388,6 +393,7 @@ class HistoryOperations:
         if not self._history_wanted:
             return
         self._stop_history()
+        self._history_dropped_before = self.history_dropped
         sink = self._sink()
         try:
             sink.prepare()
@@ -408,7 +414,7 @@ class HistoryOperations:
     def _note_due(self, jobs: Sequence[Any]) -> None:
         """The loop read these jobs as due: the time it picked them up (their submission)."""
         recorder = self._history_recorder
-        if recorder is not None and jobs:
+        if recorder is not None and jobs and self._in_loop():
             recorder.picked(jobs)
 
 
