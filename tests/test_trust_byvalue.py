@@ -33,16 +33,6 @@ from .helpers import T0, audit_events, insert_document, make_job
 
 UTC = dt.timezone.utc
 BY_VALUE = {"allowed_callables": ["tests.trustapp"], "allow_by_value": True}
-#: The store core reads pickle formats through ``loads_restricted`` only when ``allow_by_value`` is
-#: off (``src/jobshelf/_core/store.py``: ``if self._policy.restricts and not
-#: self._policy.allow_by_value``), so under the opt-in a forged ``__reduce__`` still runs on read.
-#: These tests pass once it reads them restricted whenever an allow-list is set (the policy tells
-#: the restricted unpickler whether to build callables by value). Strict: drop the marker then.
-NEEDS_RESTRICTED_READING = pytest.mark.xfail(
-    strict=True, reason="the store core does not yet read allow_by_value formats through loads_restricted"
-)
-
-
 def _insert(store: Any, job_id: str, data: bytes, fmt: str) -> None:
     insert_document(
         store, {"_id": job_id, "next_run_time": DUE.timestamp(), "job_state": data, FORMAT_FIELD: fmt}
@@ -74,7 +64,6 @@ def _forgeries(path: Path) -> dict[str, bytes]:
     }
 
 
-@NEEDS_RESTRICTED_READING
 @pytest.mark.parametrize("serializer", ["pickle", "cloudpickle"])
 def test_a_forged_reduce_is_refused_under_allow_by_value(
     make_store: Any, scheduler: BackgroundScheduler, serializer: str, tmp_path: Path
@@ -136,7 +125,6 @@ def _by_value_payloads() -> dict[str, tuple[bytes, str]]:
     }
 
 
-@NEEDS_RESTRICTED_READING
 @pytest.mark.parametrize("case", sorted(_by_value_payloads()))
 def test_cloudpickles_reconstructors_only_build(scheduler: BackgroundScheduler, case: str) -> None:
     from jobshelf import MemoryJobStore
@@ -160,7 +148,6 @@ def _make_closure(tag: str) -> Any:
     return closure
 
 
-@NEEDS_RESTRICTED_READING
 def test_decoding_builds_a_callable_by_value_and_never_runs_it(
     scheduler: BackgroundScheduler, tmp_path: Path
 ) -> None:

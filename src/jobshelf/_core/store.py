@@ -78,7 +78,7 @@ class StoreCore(HistoryOperations, OperatorTools, BaseJobStore):  # type: ignore
             allowed_callables,
             allow_by_value=as_bool("allow_by_value", allow_by_value),
         )
-        if self._policy.restricts and not self._policy.allow_by_value:
+        if self._policy.restricts:  # by-value callables too: admitted by the restricted reader
             self._formats.restrict(self._policy.allows_global)
         self.max_state_bytes: int = as_number("max_state_bytes", max_state_bytes, integer=True)
         self._outbox = Outbox(self._logger, self._where)
