@@ -37,6 +37,7 @@ def worker(uri: str, database: str, seconds: float) -> None:
     scheduler.start()
     print("started", flush=True)
     time.sleep(seconds)
+    print(f"stopping {time.time()!r}", flush=True)
     scheduler.shutdown(wait=True)  # writes this process's last records
     client.close()
 
@@ -55,12 +56,14 @@ def test_three_shared_processes_write_one_record_per_fire_time(
                                misfire_grace_time=None, max_instances=5))  # fmt: skip
     store.shutdown()
     command = [sys.executable, "-m", "tests.test_history_shared", mongodb_uri, database, "12"]
-    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-    workers = [subprocess.Popen(command, **quiet) for _ in range(3)]
-    for process in workers:
-        process.wait(90)
-    stopped_at = time.time()
+    piped = {"stdout": subprocess.PIPE, "stderr": subprocess.DEVNULL, "text": True}
+    workers = [subprocess.Popen(command, **piped) for _ in range(3)]  # type: ignore[call-overload]
+    outputs = [process.communicate(timeout=90)[0] for process in workers]
     assert [process.returncode for process in workers] == [0, 0, 0]
+    # every fire time well before the first process began to shut down must have run (a loaded
+    # machine runs them late, not never)
+    stopped_at = min(float(line.split()[1]) for out in outputs for line in out.splitlines()
+                     if line.startswith("stopping"))  # fmt: skip
 
     records = store.get_job_history(limit=100_000)
     assert store.get_job_history(duplicates=True) == []
@@ -70,11 +73,11 @@ def test_three_shared_processes_write_one_record_per_fire_time(
     expected = set()
     for index in range(10):
         when = start
-        while when.timestamp() < stopped_at - 4:  # the last seconds may be cut by the shutdowns
+        while when.timestamp() < stopped_at - 3:
             expected.add((f"job{index}", when))
             when += dt.timedelta(seconds=0.5)
-    assert expected - set(per_fire_time) == set()  # none missing
-    assert len(expected) >= 10 * 8
+    assert sorted(expected - set(per_fire_time)) == []  # none missing
+    assert len(expected) >= 10 * 6
     pids = {record.holder.pid for record in records if record.holder is not None}
     assert pids <= {process.pid for process in workers} and len(records) == sum(per_fire_time.values())
 
