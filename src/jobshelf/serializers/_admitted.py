@@ -335,5 +335,7 @@ INSTANCE_CLASSES = _instance_classes()
 
 
 def prepare() -> None:
-    """Read the zone lists now, so that decoding later reads nothing but zone files."""
+    """Read the zone lists and load the codecs pickle's text opcodes use now, so that decoding
+    later imports nothing and reads nothing but zone files."""
     warm_up()
+    codecs.lookup("raw-unicode-escape")  # protocol 0's UNICODE
