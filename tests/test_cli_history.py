@@ -62,7 +62,7 @@ def record_some_runs(client: MongoClient[Any], database: str) -> MongoDBJobStore
     try:
         now = dt.datetime.now(UTC)
         scheduler.add_job(tick, IntervalTrigger(seconds=0.3, start_date=now), args=["ticker"], id="ticker",
-                          misfire_grace_time=None)  # fmt: skip
+                          misfire_grace_time=None, max_instances=100)  # fmt: skip
         scheduler.add_job(explode, "date", run_date=now, args=["nightly"], id="nightly")
         scheduler.add_job(tick, "date", run_date=now - dt.timedelta(minutes=5), args=["late"], id="late")
         assert RUNS.wait_until(lambda runs: runs["ticker"] >= 3 and runs["nightly"] == 1, 20)

@@ -131,9 +131,9 @@ def test_runs_are_recorded_with_their_fire_times(make_store: StoreFactory) -> No
     store = make_store(history=True)
     start = soon()
     with running(store) as scheduler:
-        # no fire time missed or skipped, however loaded the machine: each one runs
+        # no fire time missed, merged or skipped, however loaded the machine: each one runs
         scheduler.add_job(ok, IntervalTrigger(seconds=0.25, start_date=start), args=["tick"], id="tick",
-                          misfire_grace_time=None, max_instances=100)  # fmt: skip
+                          misfire_grace_time=None, coalesce=False, max_instances=100)  # fmt: skip
         assert RUNS.wait_until(lambda runs: runs["tick"] >= 4, 20), RUNS.counts()
     # the shutdown wrote every record of the runs it waited for
     records = store.get_job_history("tick")
@@ -207,7 +207,7 @@ def test_fire_times_skipped_at_max_instances_are_recorded(make_store: StoreFacto
     with running(store) as scheduler:
         skipped = EventLog(scheduler, EVENT_JOB_MAX_INSTANCES)
         scheduler.add_job(wait_at_the_gate, IntervalTrigger(seconds=0.2, start_date=start), args=["slow"],
-                          id="slow", max_instances=1, misfire_grace_time=None)  # fmt: skip
+                          id="slow", max_instances=1, misfire_grace_time=None, coalesce=False)  # fmt: skip
         assert skipped.wait(3, 20)
         scheduler.pause_job("slow")
         GATE.set()
