@@ -4,7 +4,8 @@
 ``shared``, the default, or ``plain`` for the single-scheduler store). Every execution is recorded,
 once the job has run, in the ``executions`` collection, whose unique index on (job, run_time) turns
 a second execution of the same fire time into a recorded duplicate; every miss APScheduler reports
-(``EVENT_JOB_MISSED``) goes to ``missed``. At exit the durations of the scheduler's loops
+(``EVENT_JOB_MISSED``) goes to ``missed``, and every run skipped because the job's earlier run was
+still going (``EVENT_JOB_MAX_INSTANCES``) to ``skipped``. At exit the durations of the scheduler's loops
 (APScheduler's ``_process_jobs``) and the server commands the store's client sent are written to
 ``loops``.
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import logging
 import os
 import signal
 import socket
@@ -32,7 +34,7 @@ import threading
 import time
 from typing import Any
 
-from apscheduler.events import EVENT_JOB_EXECUTED, EVENT_JOB_MISSED
+from apscheduler.events import EVENT_JOB_EXECUTED, EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED
 from apscheduler.schedulers.background import BackgroundScheduler
 from pymongo import MongoClient, monitoring
 from pymongo.errors import DuplicateKeyError
@@ -102,6 +104,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--interval", type=float, default=1.0)
     parser.add_argument("--work", type=float, default=0.0)
     parser.add_argument("--apscheduler-defaults", action="store_true")
+    parser.add_argument("--log", default="", help="log at this level (DEBUG, INFO...) to stderr")
     return parser.parse_args(argv)
 
 
@@ -123,9 +126,16 @@ def run_scheduler(args: argparse.Namespace, store: MongoDBJobStore, counter: Com
     executions = client[args.database].executions
     duplicates = client[args.database].duplicates
     missed = client[args.database].missed
+    skipped = client[args.database].skipped
     me = f"{socket.gethostname()}:{os.getpid()}"
 
     def record(event: Any) -> None:
+        if event.code == EVENT_JOB_MAX_INSTANCES:
+            skipped.insert_many(
+                [{"job": event.job_id, "run_time": t.timestamp(), "at": time.time(), "by": me}
+                 for t in event.scheduled_run_times]
+            )  # fmt: skip
+            return
         document = {"job": event.job_id, "run_time": event.scheduled_run_time.timestamp(), "at": time.time(),
                     "by": me}  # fmt: skip
         if event.code == EVENT_JOB_MISSED:
@@ -143,9 +153,8 @@ def run_scheduler(args: argparse.Namespace, store: MongoDBJobStore, counter: Com
         else {"misfire_grace_time": None, "coalesce": False, "max_instances": 5}
     )
     scheduler = TimedScheduler(timezone=dt.timezone.utc, jobstores={"default": store}, job_defaults=defaults)
-    scheduler.add_listener(
-        record, EVENT_JOB_EXECUTED | EVENT_JOB_MISSED
-    )  # before the store's: record, release
+    # before the store's own listener: record, then release
+    scheduler.add_listener(record, EVENT_JOB_EXECUTED | EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES)
     for index in range(args.register):  # as a web app registers its jobs in every worker
         scheduler.add_job(work, "interval", seconds=args.interval, args=(args.work,), id=f"reg{index:02}",
                           replace_existing=True)  # fmt: skip
@@ -163,6 +172,10 @@ def run_scheduler(args: argparse.Namespace, store: MongoDBJobStore, counter: Com
 
 def main(argv: list[str]) -> int:
     args = parse(argv)
+    if args.log:
+        line = "%(created).3f %(process)d %(name)s %(levelname)s %(message)s"
+        logging.basicConfig(level=args.log, format=line)
+        logging.getLogger("pymongo").setLevel(logging.WARNING)
     counter = CommandCounter()
     if not args.forks:
         run_scheduler(args, build_store(args, counter), counter)

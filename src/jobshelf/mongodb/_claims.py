@@ -150,6 +150,9 @@ class Claims:
             share = 1
         take = min(limit, share, candidates)
         self.left_behind = take < candidates
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("claim pass: %d free, %d kept, %d held elsewhere, %d running here, %d live: take %d",
+                         len(seen.free), len(seen.kept), seen.elsewhere, mine, width, take)  # fmt: skip
         live = self.registry.live
         picked_kept = seen.kept[:take]
         rank = live.index(self.holder) if self.holder in live else 0
@@ -227,6 +230,8 @@ class Claims:
                 if document["_id"] not in ours and len(self._refused) < _MAX_FIND:
                     self._refused[document["_id"]] = refused_until
             picked = [(document, lease) for document, lease in picked if document["_id"] in ours]
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("claimed %s (of %d picked) under %d", [d["_id"] for d, _ in picked], matched, token)
         found, claimed = [], {}
         for document, lease in picked:
             taken_over = lease is not None and lease.holder != me

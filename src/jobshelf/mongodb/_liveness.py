@@ -123,6 +123,8 @@ class HolderRegistry:
         self.dead: frozenset[str] = frozenset()
         #: live holders, this one included, sorted
         self.live: tuple[str, ...] = (holder,)
+        #: some live holder missed a check-in: look again soon
+        self.suspicious = False
         self._stale: frozenset[str] = frozenset()
         self._unknown: frozenset[str] = frozenset()
         self._server_now: Any = None
@@ -161,11 +163,16 @@ class HolderRegistry:
         return self._server_now
 
     def observe(self) -> frozenset[str]:
-        """Read every record: which holders are live, which dead. Returns the newly dead ones."""
-        now = self._server_now
-        if now is None:
+        """Read every record: which holders are live, which dead. Returns the newly dead ones.
+
+        "Now" is the server's time at this instance's last check-in plus the time elapsed here
+        since (a monotonic clock over at most a second or two: no skew between hosts takes part).
+        """
+        if self._server_now is None or self._checked_in_at is None:
             return frozenset()
+        now = self._server_now + dt.timedelta(seconds=time.monotonic() - self._checked_in_at)
         live, stale = {self.holder}, set[str]()
+        suspicious = False
         for record in self.records.find({}, ["seen"]).limit(_MAX_HOLDERS):
             holder, seen = record.get("_id"), record.get("seen")
             if type(holder) is not str or holder == self.holder or not isinstance(seen, dt.datetime):
@@ -178,7 +185,9 @@ class HolderRegistry:
                 stale.add(holder)
             elif behind >= -self.dead_after:  # a check-in from the future is no check-in
                 live.add(holder)
+                suspicious = suspicious or behind > self.dead_after / 2 + 0.25  # a check-in missed
         self.live = tuple(sorted(live))
+        self.suspicious = suspicious
         newly = frozenset(stale - self._stale)
         self._stale = frozenset(stale)
         self._unknown = self._unknown - live
@@ -254,9 +263,13 @@ class Upkeep(threading.Thread):
                 if now >= next_observe:
                     # others present: look twice per beat; alone: every third beat (a newcomer
                     # checks in before it claims anything)
+                    newly_dead = registry.observe()
                     alone = len(registry.live) == 1 and not registry.dead
-                    next_observe = now + (self._beat * 3 if alone and beats > 2 else self._beat / 2)
-                    self._report(registry.observe())
+                    if registry.suspicious:  # a holder missed a check-in: is it dead?
+                        next_observe = now + 0.1
+                    else:
+                        next_observe = now + (self._beat * 3 if alone and beats > 2 else self._beat / 2)
+                    self._report(newly_dead)
                 if now >= next_scan:
                     next_scan = now + self._lease
                     self._report(registry.scan_unknown())
@@ -273,7 +286,7 @@ class Upkeep(threading.Thread):
             except Exception:  # never let the upkeep die: the store would look dead to others
                 logger.exception("%s: shared-mode upkeep failed; retrying", registry.jobs.full_name)
                 self._halt.wait(min(1.0, self._beat))
-            timeout = max(0.0, min(next_beat, next_observe, next_renewal) - time.monotonic())
+            timeout = max(0.0, min(next_beat, next_observe, next_renewal, next_scan) - time.monotonic())
             if claims.book.releases_queued.wait(timeout) and not self._halt.is_set():
                 self._halt.wait(0.05)  # runs that end together are released in one write
 

@@ -195,10 +195,14 @@ class SharedMode:
             run_times = _run_times(job, now)
             latest = run_times[-1] if run_times else job.next_run_time
             self.book.remember(job.id, latest.timestamp(), claim.token)
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug('Job "%s": handed %s%s', job.id, [t.timestamp() for t in run_times],
+                             " (taken over)" if claim.taken_over else "")  # fmt: skip
             if claim.taken_over and job.coalesce and len(run_times) > 1:
                 self._report_merged(job, run_times[:-1], now)
         skipped = [(job_id, claim.token) for job_id, claim in claimed.items() if job_id not in handed]
         if skipped:
+            logger.debug("claims released unused: %s", skipped)
             self.claims.release_now(skipped)
 
     def plan(self, earliest: float | None) -> float | None:
