@@ -26,7 +26,7 @@ from pymongo import ASCENDING, MongoClient
 from jobshelf import MongoDBJobStore
 from jobshelf.mongodb import FORMAT_FIELD
 
-from .helpers import UTC, make_job
+from .helpers import UTC, dummy_job, make_job
 from .shared_worker import work
 
 T0 = dt.datetime(2030, 1, 1, tzinfo=UTC)
@@ -301,3 +301,51 @@ def test_a_job_added_by_a_short_lived_process_runs_on_time(
     assert execution["at"] - run_at < 1.0, execution["at"] - run_at
     assert db.duplicates.count_documents({}) == 0
     assert db.jobs.find_one({"_id": "date-job"}) is None  # a date job is removed after its run
+
+
+def register(client: MongoClient[Any], database: str, **trigger: Any) -> BackgroundScheduler:
+    """What a web app's worker does at start: register its job with a fixed id."""
+    store = MongoDBJobStore(database=database, client=client, shared=True)
+    scheduler = BackgroundScheduler(timezone=UTC, jobstores={"default": store})
+    scheduler.add_job(dummy_job, "interval", id="registered", replace_existing=True, **trigger)
+    scheduler.start(paused=True)  # the job is stored now; nothing runs
+    return scheduler
+
+
+def test_registering_an_unchanged_job_again_keeps_its_schedule_and_lease(
+    shared: Any, mongo_client: MongoClient[Any], database: str
+) -> None:
+    jobs = mongo_client[database].jobs
+    workers = [register(mongo_client, database, minutes=5)]
+    try:
+        stored = jobs.find_one({"_id": "registered"})
+        holder = shared()
+        assert [job.id for job in holder.get_due_jobs(T0)] == ["registered"]  # claimed: a lease
+        claimed = jobs.find_one({"_id": "registered"})
+        assert claimed["lease"]["holder"] == holder.holder
+
+        workers.append(register(mongo_client, database, minutes=5))  # another worker starts: unchanged
+        again = jobs.find_one({"_id": "registered"})
+        assert again == claimed  # schedule, state and lease all stand
+        assert again["next_run_time"] == stored["next_run_time"]
+
+        workers[0].pause_job("registered")  # paused by the application: a real change
+        workers.append(register(mongo_client, database, minutes=5))
+        assert jobs.find_one({"_id": "registered"})["next_run_time"] is None  # still paused
+
+        workers.append(register(mongo_client, database, minutes=2))  # a changed definition replaces it
+        replaced = jobs.find_one({"_id": "registered"})
+        assert "lease" not in replaced and replaced["job_state"] != again["job_state"]
+        assert replaced["next_run_time"] == pytest.approx(time.time() + 120, abs=10)
+    finally:
+        for scheduler in workers:
+            scheduler.shutdown(wait=False)
+
+
+def test_a_store_shutting_down_leaves_what_it_claimed_to_others_at_once(shared: Any) -> None:
+    leaving, staying = shared(lease=30), shared(lease=30)
+    add_due(leaving, 4)
+    assert len(claim_all(leaving)) == 4  # claimed, never started
+    assert claim_all(staying) == []
+    leaving.shutdown()  # e.g. a worker stopping at a fire time
+    assert sorted(claim_all(staying)) == [f"j{index:03}" for index in range(4)]  # not after 30 s: now

@@ -206,3 +206,59 @@ def test_work_spreads_and_a_killed_holders_jobs_run_elsewhere_within_seconds(
                     )
                     assert key in missed or merged, (job_id, fire_time - start.timestamp(), "silently lost")
                 fire_time += 1
+
+
+def test_registration_at_every_worker_start_survives_a_kill_and_a_reload(
+    mongodb_uri: str, mongo_client: MongoClient[Any], database: str
+) -> None:
+    """As a web app under gunicorn: every worker registers the same five jobs with fixed ids at
+    start (add_job(..., replace_existing=True)). A worker is SIGKILLed and replaced, another is
+    reloaded gracefully (SIGTERM, then a new one): the schedule the first worker registered stands,
+    every fire time runs, and the killed worker's runs in flight run again elsewhere."""
+    db = mongo_client[database]
+    db.executions.create_index([("job", ASCENDING), ("run_time", ASCENDING)], unique=True)
+    options = ("--register", "5", "--interval", "1", "--work", "0.3")
+    workers = [worker(mongodb_uri, database, 16, *options) for _ in range(3)]
+    for process in workers:
+        assert process.stdout is not None and process.stdout.readline().strip() == "started"
+    first = {d["_id"]: d["next_run_time"] for d in db.jobs.find({}, ["next_run_time"])}
+    assert sorted(first) == [f"reg{index:02}" for index in range(5)]
+    began = time.time()
+
+    time.sleep(3.2)
+    victim = workers[0]
+    for _ in range(40):  # kill it while it holds runs in flight
+        victim.send_signal(signal.SIGSTOP)
+        held = [(d["_id"], d["lease"].get("pending", d["next_run_time"]))
+                for d in db.jobs.find({"lease.holder": {"$regex": f":{victim.pid}:"}})]  # fmt: skip
+        if held:
+            break
+        victim.send_signal(signal.SIGCONT)
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    killed_at = time.time()
+    workers.append(worker(mongodb_uri, database, 16 - (time.time() - began), *options))  # its replacement
+    time.sleep(3)
+    workers[1].send_signal(signal.SIGTERM)  # a graceful reload: stop (waiting for its runs), then a new one
+    workers[1].communicate(timeout=30)
+    workers.append(worker(mongodb_uri, database, 16 - (time.time() - began), *options))
+    for process in workers:
+        process.communicate(timeout=60)
+    stopping = began + 16 - 3
+    assert [process.returncode for process in workers] == [-signal.SIGKILL, 0, 0, 0, 0]
+
+    executions = list(db.executions.find())
+    done = {(e["job"], round(e["run_time"], 3)) for e in executions}
+    for job_id, first_time in first.items():  # the first registration's schedule, every fire time run
+        fire_time = first_time
+        assert all(abs((e["run_time"] - first_time) - round(e["run_time"] - first_time)) < 1e-3
+                   for e in executions if e["job"] == job_id)  # fmt: skip
+        while fire_time < stopping:
+            assert (job_id, round(fire_time, 3)) in done, (job_id, fire_time - began)
+            fire_time += 1
+    assert held, "the killed worker held nothing"
+    for job_id, fire_time in held:  # its runs in flight ran again elsewhere, within 3 s
+        again = [e for e in executions if e["job"] == job_id and e["run_time"] == fire_time]
+        assert any(f":{victim.pid}" not in e["by"] and e["at"] - 0.3 - killed_at <= 3.0 for e in again), again
+    duplicates = {(d["job"], d["run_time"]) for d in db.duplicates.find()}
+    assert duplicates <= set(held)  # only the at-least-once window: runs the killed worker had done
