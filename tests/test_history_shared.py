@@ -35,7 +35,7 @@ def worker(uri: str, database: str, seconds: float) -> None:
         job_defaults={"misfire_grace_time": None, "coalesce": False, "max_instances": 5},
     )  # fmt: skip
     scheduler.start()
-    print("started", flush=True)
+    print(f"holder {store.holder}", flush=True)
     time.sleep(seconds)
     print(f"stopping {time.time()!r}", flush=True)
     scheduler.shutdown(wait=True)  # writes this process's last records
@@ -78,8 +78,11 @@ def test_three_shared_processes_write_one_record_per_fire_time(
             when += dt.timedelta(seconds=0.5)
     assert sorted(expected - set(per_fire_time)) == []  # none missing
     assert len(expected) >= 10 * 6
-    pids = {record.holder.pid for record in records if record.holder is not None}
-    assert pids <= {process.pid for process in workers} and len(records) == sum(per_fire_time.values())
+    # each record names the process, and the holder id its leases carry
+    holders = {line.split()[1] for out in outputs for line in out.splitlines() if line.startswith("holder")}
+    assert len(holders) == 3
+    assert {record.holder.instance for record in records if record.holder is not None} <= holders
+    assert {record.holder.pid for record in records if record.holder is not None} <= {p.pid for p in workers}
 
 
 if __name__ == "__main__":

@@ -401,7 +401,9 @@ class HistoryOperations:
             self._logger.error("%s: the execution history's indexes could not be created (%s: %s); "
                                "records are written without them", self._where(), type(exc).__name__,
                                exc)  # fmt: skip
-        recorder = HistoryRecorder(sink, self.history_buffer, self._logger, self._where)
+        # a shared MongoDB store names itself (``holder``) once started: records use that name
+        recorder = HistoryRecorder(sink, self.history_buffer, self._logger, self._where,
+                                   lambda: getattr(self, "holder", None))  # fmt: skip
         recorder.start(scheduler, alias)
         self._history_recorder = recorder
 

@@ -102,10 +102,17 @@ class HistoryRecorder:
     :param buffer: the most records waiting to be written
     :param logger: the store's logger
     :param where: names the store in messages
+    :param label: the store's own holder id, once it has one (a shared store's ``holder``); until
+        then, and for other stores, records name the instance ``host:pid:random`` of their own
     """
 
     def __init__(
-        self, sink: HistorySink, buffer: int, logger: logging.Logger, where: Callable[[], str]
+        self,
+        sink: HistorySink,
+        buffer: int,
+        logger: logging.Logger,
+        where: Callable[[], str],
+        label: Callable[[], Any] | None = None,
     ) -> None:
         self.sink = sink
         self.buffer = buffer
@@ -123,6 +130,7 @@ class HistoryRecorder:
         self._scheduler: Any = None
         self._alias = ""
         self._holder: dict[str, Any] = {}
+        self._label = label  # asked until it gives a holder id
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._failing = False  # the database could not be reached at the last try
@@ -256,6 +264,11 @@ class HistoryRecorder:
     def _record(
         self, job_id: Any, run_time: dt.datetime, outcome: str, submitted: float, now: float
     ) -> dict[str, Any]:
+        if self._label is not None:
+            label = self._label()
+            if type(label) is str and label:  # the shared store has started: its leases' name
+                self._holder = {**self._holder, "instance": cap_text(label, LIMITS["instance"])}
+                self._label = None
         submitted = min(submitted, now)
         return {
             "_id": uuid.uuid4().hex,
