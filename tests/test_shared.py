@@ -316,7 +316,7 @@ def test_registering_an_unchanged_job_again_keeps_its_schedule_and_lease(
     shared: Any, mongo_client: MongoClient[Any], database: str
 ) -> None:
     jobs = mongo_client[database].jobs
-    workers = [register(mongo_client, database, minutes=5)]
+    workers = [register(mongo_client, database, weeks=26)]
     try:
         stored = jobs.find_one({"_id": "registered"})
         holder = shared()
@@ -324,19 +324,19 @@ def test_registering_an_unchanged_job_again_keeps_its_schedule_and_lease(
         claimed = jobs.find_one({"_id": "registered"})
         assert claimed["lease"]["holder"] == holder.holder
 
-        workers.append(register(mongo_client, database, minutes=5))  # another worker starts: unchanged
+        workers.append(register(mongo_client, database, weeks=26))  # another worker starts: unchanged
         again = jobs.find_one({"_id": "registered"})
         assert again == claimed  # schedule, state and lease all stand
         assert again["next_run_time"] == stored["next_run_time"]
 
         workers[0].pause_job("registered")  # paused by the application: a real change
-        workers.append(register(mongo_client, database, minutes=5))
+        workers.append(register(mongo_client, database, weeks=26))
         assert jobs.find_one({"_id": "registered"})["next_run_time"] is None  # still paused
 
-        workers.append(register(mongo_client, database, minutes=2))  # a changed definition replaces it
+        workers.append(register(mongo_client, database, weeks=13))  # a changed definition replaces it
         replaced = jobs.find_one({"_id": "registered"})
         assert "lease" not in replaced and replaced["job_state"] != again["job_state"]
-        assert replaced["next_run_time"] == pytest.approx(time.time() + 120, abs=10)
+        assert replaced["next_run_time"] == pytest.approx(time.time() + 13 * 7 * 86400, abs=10)
     finally:
         for scheduler in workers:
             scheduler.shutdown(wait=False)

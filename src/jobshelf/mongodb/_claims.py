@@ -1,18 +1,19 @@
 """Claims: the MongoDB operations on leases of one shared store instance.
 
-A claim pass (``get_due_jobs``), in at most three round trips however many jobs are due:
+A claim pass (``get_due_jobs``), in two round trips however many jobs are due:
 
-1. one ``find`` reads the due jobs and the runs in flight (``lease.pending``), through the
-   ``next_run_time`` and ``lease.pending`` indexes: what it costs follows the due jobs, not the
-   collection;
+1. one ``find`` reads the due jobs by the ``next_run_time`` index (and, while other processes are
+   live or a takeover may be waiting, one more reads the runs in flight by the ``lease.pending``
+   index): what a pass costs follows the due jobs, not the collection;
 2. this instance picks its share (see :meth:`Claims.claim_due`) and claims it with one
    ``update_many`` per kind (free jobs get a whole new lease; a dead or expired holder's pending
-   fire time, or this instance's own running job due again, keeps its ``pending``), each
-   conditioned on the document being unchanged and not held by a live holder;
-3. only if some were taken by another process meanwhile, one ``find`` reads back which are ours.
+   fire time, or this instance's own running job due again, keeps its ``pending``), conditioned on
+   each document still holding the lease token and the write revision it was read with; only if
+   another process took some meanwhile, one ``find`` by id reads back which are ours.
 
-Releases (runs that are over) are written in batches by the upkeep thread; renewals extend the
-leases of running jobs.
+Every filter is an equality, a range or an ``$in`` on an indexed field, so servers with simple
+query planners (NX-27017) use their indexes too. Releases (runs that are over) are written in
+batches by the upkeep thread; renewals extend the leases of running jobs.
 """
 
 from __future__ import annotations
@@ -21,15 +22,15 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Optional
 
 from pymongo import ASCENDING
 from pymongo.errors import PyMongoError
 
-from ._fields import REVISION_FIELD
-from ._leases import LEASE_FIELD, ClaimBook, Lease, held_by_others, is_held_by_others, read_lease
+from ._fields import FORMAT_FIELD, QUARANTINE_FIELD, REVISION_FIELD
+from ._leases import LEASE_FIELD, ClaimBook, Lease, is_held_by_others, read_lease
 
 __all__ = ["ClaimedJob", "Claims", "Found"]
 
@@ -41,6 +42,8 @@ _MAX_FIND = 500
 _STEAL_AFTER = 0.25
 #: A job picked and not claimed is not tried again for this long (seconds).
 _REFUSED_FOR = 1.0
+#: Runs in flight are read at least this often (seconds) to find a takeover waiting.
+_ABANDONED_CHECK = 5.0
 _SORT = [("next_run_time", ASCENDING), ("_id", ASCENDING)]
 
 
@@ -78,16 +81,19 @@ class Claims:
     :param book: the runs this instance holds
     :param registry: the liveness records (which holders are live, which dead)
     :param projection: the fields a claim reads for the store core
+    :param accepts: whether a stored format tag is one this store decodes
     """
 
     def __init__(self, collection: Any, holder: str, lease: float, *, book: ClaimBook, registry: Any,
-                 projection: list[str]) -> None:  # fmt: skip
+                 projection: list[str], accepts: Any) -> None:  # fmt: skip
         self.collection = collection
         self.holder = holder
         self.lease = lease
         self.book = book
         self.registry = registry
-        self._projection = [*projection, REVISION_FIELD, "next_run_time", LEASE_FIELD]
+        self._accepts = accepts
+        self._projection = [*projection, FORMAT_FIELD, QUARANTINE_FIELD, REVISION_FIELD, "next_run_time",
+                            LEASE_FIELD]  # fmt: skip
         #: what the last pass found: the earliest expiry of another holder's lease, and whether
         #: it left claimable jobs to other processes
         self.held_expiry = math.inf
@@ -95,6 +101,8 @@ class Claims:
         #: id -> until when (time.monotonic()) it is not tried again: picked, and the claim did
         #: not match (another process was quicker, or a malformed lease the server counts as held)
         self._refused: dict[Any, float] = {}
+        #: runs in flight are read next at this time.monotonic() (or at once after a death)
+        self.next_abandoned_check = 0.0
 
     # ------------------------------------------------------------------------- filters
 
@@ -103,12 +111,17 @@ class Claims:
         the same job, by anyone, has another token: nothing done for this one touches it)."""
         return {"_id": job_id, f"{LEASE_FIELD}.holder": self.holder, f"{LEASE_FIELD}.token": token}
 
-    def not_held_overdue(self) -> dict[str, Any]:
-        """Leaves out jobs already due that a live holder holds (it is running them): the
-        earliest job to wake up for is among the rest."""
-        now = time.time()
-        held = held_by_others(now, self.holder, self.registry.dead)
-        return {"$nor": [{"next_run_time": {"$lte": now}, **held}]}
+    def _held_all(self, claims: Iterable[tuple[Any, int]]) -> dict[str, Any] | None:
+        """:meth:`held` for several claims in one filter (tokens are random and unique per claim,
+        so pairing ids and tokens by ``$in`` matches exactly these claims)."""
+        pairs = list(claims)
+        if not pairs:
+            return None
+        return {
+            "_id": {"$in": [job_id for job_id, _ in pairs]},
+            f"{LEASE_FIELD}.holder": self.holder,
+            f"{LEASE_FIELD}.token": {"$in": [token for _, token in pairs]},
+        }
 
     def lease_fields(self, token: int, fire_time: float, *, remove: bool = False) -> dict[str, Any]:
         """The whole lease the holder writes back with a job whose run goes on."""
@@ -118,11 +131,23 @@ class Claims:
             lease["remove"] = True
         return {LEASE_FIELD: lease}
 
+    def waits_for(self, document: dict[str, Any], now: float) -> bool:
+        """True when a scheduler should wait for this job at its next run time: it is not already
+        due and held by a live holder (running elsewhere), and its format is this store's."""
+        if not self._accepts(document.get(FORMAT_FIELD)) or QUARANTINE_FIELD in document:
+            return False
+        index = _number(document.get("next_run_time"))
+        lease = read_lease(document.get(LEASE_FIELD))
+        overdue_elsewhere = (
+            index is not None
+            and index <= now
+            and is_held_by_others(lease, now, self.holder, self.registry.dead)
+        )
+        return not overdue_elsewhere
+
     # ------------------------------------------------------------------------- claiming
 
-    def claim_due(
-        self, conditions: dict[str, Any], timestamp: float, limit: int
-    ) -> tuple[list[Found], dict[Any, ClaimedJob]]:
+    def claim_due(self, timestamp: float, limit: int) -> tuple[list[Found], dict[Any, ClaimedJob]]:
         """Claim this instance's share of the due jobs, at most ``limit``; return their documents
         with the fire time to run instead of the state's (a taken-over pending fire time), and
         what was claimed.
@@ -136,10 +161,8 @@ class Claims:
         self.flush()  # runs that ended are released first: they count as free
         now = time.time()
         width = max(1, len(self.registry.live))
-        due_or_running = {"$or": [{"next_run_time": {"$lte": timestamp}},
-                                  {f"{LEASE_FIELD}.pending": {"$lte": now}}]}  # fmt: skip
-        documents = self.collection.find({**conditions, **due_or_running}, self._projection, sort=_SORT,
-                                         limit=min(_MAX_FIND, limit * width + 8))  # fmt: skip
+        wanted = min(_MAX_FIND, limit * width + 8)
+        documents = self._read(timestamp, now, wanted, running=width > 1)
         seen = self._classify(documents, timestamp, now)
         self.held_expiry = seen.expiry
 
@@ -161,6 +184,22 @@ class Claims:
             return [], {}
         return self._claim(picked_free, picked_kept, now)
 
+    def _read(self, timestamp: float, now: float, wanted: int, *, running: bool) -> Iterator[dict[str, Any]]:
+        """The due jobs; and the runs in flight when other processes are live (their share) or a
+        takeover may be waiting (a holder died, or a lease may have expired)."""
+        due = {"next_run_time": {"$lte": timestamp}}
+        seen = set()
+        for document in self.collection.find(due, self._projection, sort=_SORT, limit=wanted):
+            seen.add(document.get("_id"))
+            yield document
+        clock = time.monotonic()
+        if running or self.registry.dead or clock >= self.next_abandoned_check:
+            self.next_abandoned_check = clock + min(_ABANDONED_CHECK, self.lease / 4)
+            pending = {f"{LEASE_FIELD}.pending": {"$lte": now}}
+            for document in self.collection.find(pending, self._projection, limit=wanted):
+                if document.get("_id") not in seen:
+                    yield document
+
     def _classify(self, documents: Iterable[dict[str, Any]], timestamp: float, now: float) -> _Seen:
         """Sort what a claim pass read: free due jobs, pending fire times to keep (a dead or
         expired holder's, or this instance's own running job due again), and others' runs."""
@@ -170,19 +209,19 @@ class Claims:
             clock = time.monotonic()
             self._refused = {key: until for key, until in self._refused.items() if until > clock}
         for document in documents:
-            revision = document.get(REVISION_FIELD)
-            if not (type(document.get("_id")) is str or _integer(document.get("_id"))) or not (
-                revision is None or _integer(revision)
-            ):
+            job_id, revision = document.get("_id"), document.get(REVISION_FIELD)
+            if not (type(job_id) is str or _integer(job_id)) or not (revision is None or _integer(revision)):
                 continue  # no claim condition can name it safely: left alone
-            if document["_id"] in self._refused:
+            if QUARANTINE_FIELD in document or not self._accepts(document.get(FORMAT_FIELD)):
+                continue  # out of the schedule, or another store's
+            if job_id in self._refused:
                 seen.elsewhere += 1
                 continue
             lease = read_lease(document.get(LEASE_FIELD))
             index = _number(document.get("next_run_time"))
             due = index is not None and index <= timestamp
             if lease is not None and lease.holder == me:
-                if self.book.is_claimed(document["_id"]):
+                if self.book.is_claimed(job_id):
                     continue  # claimed by an earlier pass and not written back yet (kept through an outage)
                 if due and lease.pending is not None and lease.token is not None:
                     seen.kept.append((document, lease))  # running here, and due again
@@ -203,28 +242,36 @@ class Claims:
         kept: list[tuple[dict[str, Any], Lease]],
         now: float,
     ) -> tuple[list[Found], dict[Any, ClaimedJob]]:
-        """Claim the picked jobs, each only if unchanged since read and not held by a live holder:
-        free ones with a whole new lease, kept ones keeping their ``pending``."""
+        """Claim the picked jobs, each only if it still holds the lease token and the revision it
+        was read with (so nobody claimed or changed it meanwhile): free ones get a whole new lease,
+        kept ones keep their ``pending``."""
         me = self.holder
         token = secrets.randbits(62)
-        unheld = {"$nor": [held_by_others(now, me, self.registry.dead)]}
         matched = 0
         if free:
-            condition = {"$or": [_unchanged(document) for document, _ in free], **unheld}
             new_lease = {"holder": me, "until": now + self.lease, "token": token}
-            matched += self.collection.update_many(
-                condition, {"$set": {LEASE_FIELD: new_lease}}
-            ).matched_count
+            whole: dict[str, Any] = {"$set": {LEASE_FIELD: new_lease}}
+            plain = [(document, lease) for document, lease in free if _odd_lease(document) is None]
+            if plain:
+                matched += self.collection.update_many(_unchanged(plain), whole).matched_count
+            for document, _ in free:  # a malformed lease: matched by its shape, one by one
+                shape = _odd_lease(document)
+                if shape is not None:
+                    condition = {**_unchanged([(document, None)], tokens=False), **shape}
+                    matched += self.collection.update_one(condition, whole).matched_count
         if kept:
-            condition = {"$or": [{**_unchanged(document), f"{LEASE_FIELD}.holder": lease.holder,
-                                  f"{LEASE_FIELD}.token": lease.token} for document, lease in kept],
-                         **unheld}  # fmt: skip
-            update = {f"{LEASE_FIELD}.holder": me, f"{LEASE_FIELD}.until": now + self.lease,
-                      f"{LEASE_FIELD}.token": token}  # fmt: skip
-            matched += self.collection.update_many(condition, {"$set": update}).matched_count
+            until = now + self.lease
+            fields: dict[str, Any] = {"$set": {f"{LEASE_FIELD}.holder": me, f"{LEASE_FIELD}.until": until,
+                                               f"{LEASE_FIELD}.token": token}}  # fmt: skip
+            matched += self.collection.update_many(_unchanged(kept), fields).matched_count
         picked: list[tuple[dict[str, Any], Lease | None]] = [*kept, *free]
         if matched < len(picked):  # another process took some meanwhile: which are ours?
-            ours = {d["_id"] for d in self.collection.find({f"{LEASE_FIELD}.token": token}, ["_id"])}
+            ids = [document["_id"] for document, _ in picked]
+            ours = {
+                d["_id"]
+                for d in self.collection.find({"_id": {"$in": ids}}, [LEASE_FIELD])
+                if (lease := read_lease(d.get(LEASE_FIELD))) is not None and lease.token == token
+            }
             refused_until = time.monotonic() + _REFUSED_FOR
             for document, _ in picked:
                 if document["_id"] not in ours and len(self._refused) < _MAX_FIND:
@@ -241,19 +288,24 @@ class Claims:
 
     # ------------------------------------------------------------------------- lease upkeep
 
+    def released(self) -> dict[str, Any]:
+        """A released lease: expired, so free for anyone; written under this holder's name, so its
+        own change stream does not report it back."""
+        return {LEASE_FIELD: {"holder": self.holder, "until": 0.0}}
+
     def release_now(self, claims: Iterable[tuple[Any, int]]) -> None:
         """Release claims handed to nobody (a job skipped as not due, or quarantined)."""
-        conditions = [self.held(job_id, token) for job_id, token in claims]
-        if conditions:
-            self.collection.update_many({"$or": conditions}, {"$unset": {LEASE_FIELD: ""}})
+        condition = self._held_all(claims)
+        if condition is not None:
+            self.collection.update_many(condition, {"$set": self.released()})
 
     def expire(self, claims: Iterable[tuple[Any, int]]) -> None:
         """Let other processes take these claims over at once (their pending fire times run
         there): claims this instance will not start (its executor refused them, or it is
         shutting down)."""
-        conditions = [self.held(job_id, token) for job_id, token in claims]
-        if conditions:
-            self.collection.update_many({"$or": conditions}, {"$set": {f"{LEASE_FIELD}.until": 0.0}})
+        condition = self._held_all(claims)
+        if condition is not None:
+            self.collection.update_many(condition, {"$set": {f"{LEASE_FIELD}.until": 0.0}})
 
     def flush(self) -> None:
         """Write the queued releases: one update, plus one delete only when a finished job's
@@ -261,12 +313,13 @@ class Claims:
         batch = self.book.take_releases()
         if not batch:
             return
-        conditions = [{**self.held(r.job_id, r.token), f"{LEASE_FIELD}.pending": r.fire_time} for r in batch]
-        removals = [condition for condition, release in zip(conditions, batch) if release.removal]
+        condition = self._held_all((r.job_id, r.token) for r in batch)
+        removals = self._held_all((r.job_id, r.token) for r in batch if r.removal)
         try:
-            if removals:
-                self.collection.delete_many({"$or": removals, f"{LEASE_FIELD}.remove": True})
-            self.collection.update_many({"$or": conditions}, {"$unset": {LEASE_FIELD: ""}})
+            if removals is not None:
+                self.collection.delete_many({**removals, f"{LEASE_FIELD}.remove": True})
+            if condition is not None:
+                self.collection.update_many(condition, {"$set": self.released()})
         except PyMongoError as exc:  # kept for the next flush; a lease also expires by itself
             self.book.requeue(batch)
             logger.warning("Could not release %d lease(s) (%s); retrying", len(batch), exc)
@@ -282,10 +335,45 @@ class Claims:
             )
 
 
-def _unchanged(document: dict[str, Any]) -> dict[str, Any]:
-    """The document as it was read: same id, same write revision (a stock document has none)."""
-    revision = document.get(REVISION_FIELD)
-    return {"_id": document["_id"], REVISION_FIELD: revision if revision is not None else {"$exists": False}}
+#: BSON type names of values a malformed lease token can hold (others: the job is left alone).
+_BSON_TYPES = {float: "double", str: "string", dict: "object", list: "array", bool: "bool", bytes: "binData"}
+
+
+def _odd_lease(document: dict[str, Any]) -> dict[str, Any] | None:
+    """For a lease whose token no ``$in`` list can name (an array of leases, a token of another
+    type), the condition that it still has that shape: whoever claims it meanwhile writes a
+    lease with an integer token, which does not match. ``None`` for every other lease."""
+    value = document.get(LEASE_FIELD)
+    if isinstance(value, list):
+        return {LEASE_FIELD: {"$type": "array"}}
+    if isinstance(value, dict):
+        token = value.get("token")
+        if token is None or (isinstance(token, int) and not isinstance(token, bool)):
+            return None
+        return {f"{LEASE_FIELD}.token": {"$type": _BSON_TYPES.get(type(token), "minKey")}}
+    return None
+
+
+def _unchanged(picked: list[tuple[dict[str, Any], Any]], *, tokens: bool = True) -> dict[str, Any]:
+    """The picked documents, only while each still holds the lease token and the write revision
+    it was read with. Tokens and revisions are random and unique, so ``$in`` lists pair them with
+    their documents exactly; ``None`` in a list matches a document that had none (no lease, a
+    lease without a token, a document the stock store wrote)."""
+    revisions = {document.get(REVISION_FIELD) for document, _ in picked}
+    condition: dict[str, Any] = {
+        "_id": {"$in": [document["_id"] for document, _ in picked]},
+        REVISION_FIELD: {"$in": sorted(revisions, key=repr)},
+    }
+    if tokens:
+        condition[f"{LEASE_FIELD}.token"] = {"$in": sorted({_token(d) for d, _ in picked}, key=repr)}
+    return condition
+
+
+def _token(document: dict[str, Any]) -> Any:
+    """The lease token as stored: an integer, or ``None`` (no lease, or a lease without one)."""
+    value = document.get(LEASE_FIELD)
+    token = value.get("token") if isinstance(value, dict) else None
+    return token if isinstance(token, int) and not isinstance(token, bool) else None
 
 
 def _spread(free: list[Any], rank: int, width: int) -> list[Any]:

@@ -6,7 +6,9 @@ A lease as jobshelf writes it, always as a whole sub-document::
             pending: <the fire time submitted, UTC timestamp>, remove: true}
 
 ``pending`` is set once the holder has submitted a fire time and written the job back; ``remove``
-marks a finished job that is deleted when its last run is done. Anyone who can write the
+marks a finished job that is deleted when its last run is done. A released lease is
+``{holder, until: 0}``: expired, free for anyone, and written under the holder's name so that its
+own change stream does not report it back to it. Anyone who can write the
 collection can put any BSON value there: :func:`read_lease` turns whatever is stored into a
 :class:`Lease` whose fields are ``None`` when they are not what jobshelf writes, and every filter
 here is written so that a malformed lease makes its job claimable (a whole new lease replaces it)
@@ -188,6 +190,8 @@ class ClaimBook:
         #: runs that are over, released in the next batch
         self._releases: list[Release] = []
         self.releases_queued = threading.Event()
+        #: when (time.monotonic()) the oldest queued release was queued
+        self.first_release_at = 0.0
 
     # ------------------------------------------------------------------------- claims
 
@@ -308,6 +312,8 @@ class ClaimBook:
     # ------------------------------------------------------------------------- releases
 
     def _queue(self, release: Release) -> None:
+        if not self._releases:
+            self.first_release_at = time.monotonic()
         self._releases.append(release)
         self.releases_queued.set()
 
@@ -323,5 +329,7 @@ class ClaimBook:
 
     def requeue(self, batch: list[Release]) -> None:
         with self._lock:
+            if not self._releases:
+                self.first_release_at = time.monotonic()
             self._releases[:0] = batch
             self.releases_queued.set()

@@ -42,6 +42,8 @@ logger = logging.getLogger("jobshelf.shared")
 HOLDERS_SUFFIX = "_holders"
 #: Records stale this long (seconds) are deleted by whoever sees them.
 _FORGET_AFTER = 60.0
+#: Releases wait this long (seconds) for others to be written with them.
+_RELEASE_BATCH = 0.4
 #: The most holder records and unknown holders kept in memory.
 _MAX_HOLDERS = 1000
 
@@ -261,14 +263,14 @@ class Upkeep(threading.Thread):
                     registry.check_in(claims.book.running_count())
                     beats += 1
                 if now >= next_observe:
-                    # others present: look twice per beat; alone: every third beat (a newcomer
-                    # checks in before it claims anything)
+                    # others present: look at every beat, and every 0.1 s while one missed a
+                    # check-in; alone: every third beat (a newcomer checks in before it claims)
                     newly_dead = registry.observe()
                     alone = len(registry.live) == 1 and not registry.dead
                     if registry.suspicious:  # a holder missed a check-in: is it dead?
                         next_observe = now + 0.1
                     else:
-                        next_observe = now + (self._beat * 3 if alone and beats > 2 else self._beat / 2)
+                        next_observe = now + (self._beat * 3 if alone and beats > 2 else self._beat)
                     self._report(newly_dead)
                 if now >= next_scan:
                     next_scan = now + self._lease
@@ -288,7 +290,8 @@ class Upkeep(threading.Thread):
                 self._halt.wait(min(1.0, self._beat))
             timeout = max(0.0, min(next_beat, next_observe, next_renewal, next_scan) - time.monotonic())
             if claims.book.releases_queued.wait(timeout) and not self._halt.is_set():
-                self._halt.wait(0.05)  # runs that end together are released in one write
+                # runs that end close together are released in one write
+                self._halt.wait(max(0.0, claims.book.first_release_at + _RELEASE_BATCH - time.monotonic()))
 
     def _report(self, newly_dead: frozenset[str]) -> None:
         if newly_dead:

@@ -93,7 +93,7 @@ class SharedMode:
 
     # ------------------------------------------------------------------------- start and stop
 
-    def start(self, scheduler: Any, alias: str, collection: Any, earliest: Any) -> None:
+    def start(self, scheduler: Any, alias: str, collection: Any, *, earliest: Any, accepts: Any) -> None:
         """Take a holder id for this process, check in (before claiming anything, so others see
         this instance), and start the upkeep and wake-up threads."""
         self.stop_threads()
@@ -110,6 +110,7 @@ class SharedMode:
             book=self.book,
             registry=self.registry,
             projection=self._projection,
+            accepts=accepts,
         )
         scheduler.add_listener(self.on_event, DONE_EVENTS | EVENT_JOB_SUBMITTED)
         self._upkeep = Upkeep(self.registry, self.claims, self._on_dead, self.lease)
@@ -161,9 +162,7 @@ class SharedMode:
 
     # ------------------------------------------------------------------------- the loop pass
 
-    def claim(
-        self, conditions: dict[str, Any], timestamp: float, to_row: Callable[[dict[str, Any]], Row]
-    ) -> list[Row]:
+    def claim(self, timestamp: float, to_row: Callable[[dict[str, Any]], Row]) -> list[Row]:
         """This instance's share of the due jobs (see :meth:`Claims.claim_due`), as rows."""
         claims = self.claims
         if claims is None:
@@ -176,7 +175,7 @@ class SharedMode:
                     "claim is left to other processes", job_id, _as_datetime(run.fire_time),
                 )  # fmt: skip
             claims.expire((job_id, run.token) for job_id, run in unstarted)
-        found, self._pass_claims = claims.claim_due(conditions, timestamp, self._limit())
+        found, self._pass_claims = claims.claim_due(timestamp, self._limit())
         self._idle_passes = 0 if found else self._idle_passes + 1
         return [to_row(document)._replace(due_at=due_at) for document, due_at in found]
 
@@ -225,10 +224,17 @@ class SharedMode:
         return planned
 
     def _limit(self) -> int:
+        """The most jobs this pass claims: ``claim_limit`` and, while other processes are live to
+        take the rest, what the executors can start now."""
+        registry = self.registry
+        if registry is None or len(registry.live) <= 1:
+            return self.claim_limit  # alone: whatever waits would be claimed here anyway
         free = _free_capacity(self._scheduler)
         return max(1, min(self.claim_limit, free) if free is not None else self.claim_limit)
 
     def _on_dead(self, holders: frozenset[str]) -> None:
+        if self.claims is not None:
+            self.claims.next_abandoned_check = 0.0  # their runs in flight are read at the next pass
         scheduler = self._scheduler
         if scheduler is not None:
             try:

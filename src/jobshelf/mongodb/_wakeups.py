@@ -3,7 +3,7 @@ planned to wake (a job added, resumed or moved earlier), even if that process ex
 
 Where the server offers change streams, a change stream on the jobs collection does it; this
 instance's own claims and write-backs are filtered out on the server (they set a lease naming it),
-and the stream is read at most twice a second. Without change streams (a standalone mongod), the
+and the stream is read about once a second. Without change streams (a standalone mongod), the
 earliest next run time is read every ``recheck`` seconds, and the scheduler is woken only if it is
 earlier than planned.
 """
@@ -25,8 +25,9 @@ __all__ = ["WakeupWatcher"]
 
 logger = logging.getLogger("jobshelf.shared")
 
-#: The least time between two reads of the change stream (seconds).
-_POLL = 0.5
+#: The least time between two reads of the change stream (seconds): servers may answer a read
+#: early, on changes the stream filters out.
+_POLL = 1.0
 
 
 class WakeupWatcher(threading.Thread):
@@ -122,6 +123,8 @@ class WakeupWatcher(threading.Thread):
         """Wake the scheduler if the change makes a job due before the planned wake-up."""
         if not isinstance(change, dict):
             return False
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("change: %s %s", change.get("operationType"), change.get("updateDescription"))
         description = change.get("updateDescription")
         fields = description.get("updatedFields") if isinstance(description, dict) else None
         if not isinstance(fields, dict):
