@@ -126,8 +126,7 @@ class StoreCore(HistoryOperations, OperatorTools, BaseJobStore):  # type: ignore
         self._closed = False
         install_loop_context(scheduler)
         self._prepare()
-        counts = self.format_counts()
-        unaccepted = {fmt: n for fmt, n in counts.items() if not self.accepts(fmt)}
+        unaccepted = self._unaccepted_format_counts()
         if unaccepted:
             raise self._formats.unaccepted_error(self._where(), unaccepted)
         quarantined = self._count_quarantined()
@@ -144,6 +143,12 @@ class StoreCore(HistoryOperations, OperatorTools, BaseJobStore):  # type: ignore
         shut down, is answered quietly (no jobs, no next run time)."""
         self._closed = True
         self._stop_history()  # execution history: the last records written
+
+    def _unaccepted_format_counts(self) -> dict[str, int]:
+        """Scheduled jobs in formats this store does not accept, per format name. An adapter may
+        find them without counting the accepted ones, so that ``start()`` costs what the formats
+        present cost, not what the collection holds."""
+        return {fmt: n for fmt, n in self.format_counts().items() if not self.accepts(fmt)}
 
     def format_counts(self) -> dict[str, int]:
         """Count the scheduled (not quarantined) jobs per format, untagged ones as pickle.
