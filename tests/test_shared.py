@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from apscheduler.events import EVENT_JOB_EXECUTED
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 from pymongo import ASCENDING, MongoClient
@@ -26,8 +27,8 @@ from pymongo import ASCENDING, MongoClient
 from jobshelf import MongoDBJobStore
 from jobshelf.mongodb import FORMAT_FIELD
 
-from .helpers import UTC, dummy_job, make_job
-from .shared_worker import work
+from .helpers import UTC, RunLog, dummy_job, make_job
+from .shared_worker import CommandCounter, work
 
 T0 = dt.datetime(2030, 1, 1, tzinfo=UTC)
 
@@ -349,3 +350,38 @@ def test_a_store_shutting_down_leaves_what_it_claimed_to_others_at_once(shared: 
     assert claim_all(staying) == []
     leaving.shutdown()  # e.g. a worker stopping at a fire time
     assert sorted(claim_all(staying)) == [f"j{index:03}" for index in range(4)]  # not after 30 s: now
+
+
+def test_shared_mode_costs_about_what_one_store_costs(mongodb_uri: str, database: str) -> None:
+    """Server commands per fire time (pymongo's command monitoring), shared against plain, one
+    process each, the same jobs: the goal is 1.3x (the benchmarks measure it); a change that
+    doubles the cost fails here."""
+    runs: dict[str, tuple[CommandCounter, RunLog]] = {}
+    schedulers = []
+    for mode in ("plain", "shared"):
+        counter, ran = CommandCounter(), RunLog()
+        client: MongoClient[Any] = MongoClient(mongodb_uri, event_listeners=[counter])
+        options = {"shared": True} if mode == "shared" else {}
+        store = MongoDBJobStore(database=f"{database}_{mode}", client=client, **options)
+        scheduler = BackgroundScheduler(timezone=UTC, jobstores={"default": store})
+        scheduler.add_listener(lambda event, ran=ran: ran.record(event.job_id), EVENT_JOB_EXECUTED)
+        for index in range(10):
+            scheduler.add_job(work, "interval", seconds=0.5, id=f"job{index}", misfire_grace_time=None)
+        runs[mode] = (counter, ran)
+        schedulers.append((scheduler, client, f"{database}_{mode}"))
+    for scheduler, _, _ in schedulers:
+        scheduler.start()
+    try:
+        for _, ran in runs.values():
+            assert ran.wait_until(lambda counts: sum(counts.values()) >= 100, timeout=30)
+    finally:
+        for scheduler, client, name in schedulers:
+            scheduler.shutdown()
+            client.drop_database(name)
+            client.close()
+    cost = {
+        mode: sum(counter.snapshot().values()) / sum(ran.counts().values())
+        for mode, (counter, ran) in runs.items()
+    }
+    assert cost["plain"] < 2, cost  # 1.1 with 20 one-second jobs; more passes per fire time here
+    assert cost["shared"] < 2.5 * cost["plain"], cost
