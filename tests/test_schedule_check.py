@@ -9,6 +9,7 @@ reason. Forged documents are written the way tests/test_hostile.py writes them.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import math
 import pickle
 import threading
@@ -251,10 +252,6 @@ refused("next run time in year 1", interval, dt.datetime(1, 1, 1, 12, tzinfo=UTC
         "next_run_time is 0001-01-01T12:00:00+00:00, outside the dates")  # fmt: skip
 refused("next run time at datetime.max", lambda: DateTrigger(SOON), MAX,
         "next_run_time is 9999-12-31T23:59:59.999999+00:00, outside")  # fmt: skip
-refused("a 1-second interval from 1970", lambda: interval(interval=dt.timedelta(seconds=1)),
-        dt.datetime(1970, 1, 1, tzinfo=UTC), "so many fire times")  # fmt: skip
-refused("a cron every second from 1970", lambda: cron(second="*"), dt.datetime(1970, 1, 1, tzinfo=UTC),
-        "so many fire times")  # fmt: skip
 # custom registered triggers
 refused("custom trigger that does not move", lambda: Countdown(0), SOON, "does not move forward")
 refused("custom trigger going backwards", lambda: Countdown(-1), SOON, "does not move forward")
@@ -573,3 +570,37 @@ def test_every_trigger_is_refused_or_computes(serializer: str, trigger: BaseTrig
     assert done, "APScheduler's computation for the admitted job would not finish"
     assert not isinstance(result, BaseException), repr(result)
     assert result is None or (result.utcoffset() is not None and result > next_run_time)
+
+
+#: Due jobs whose missed fire times are too many to enumerate: caught up, not refused.
+CATCH_UP: dict[str, Maker] = {
+    "a 1-second interval from 1970": lambda: interval(
+        interval=dt.timedelta(seconds=1), start_date=dt.datetime(1970, 1, 1, tzinfo=UTC)
+    ),
+    "a cron every second from 1970": lambda: cron(second="*"),
+}
+
+
+@pytest.mark.parametrize("serializer", SERIALIZERS)
+@pytest.mark.parametrize("case", list(CATCH_UP))
+def test_a_job_with_too_many_missed_fire_times_catches_up_instead_of_flooding(
+    make_store: Any,
+    scheduler: BackgroundScheduler,
+    serializer: str,
+    case: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = make_store(serializer=serializer)
+    store.start(scheduler, "default")
+    trigger = CATCH_UP[case]()
+    forge(store, scheduler, "behind", trigger, dt.datetime(1970, 1, 1, tzinfo=UTC))
+    now = dt.datetime.now(UTC)
+    with caplog.at_level(logging.WARNING):
+        [job] = store.get_due_jobs(now)
+    assert store.get_quarantined_jobs() == []
+    # the first fire time of its trigger at or after now less the job's grace time: APScheduler
+    # enumerates one or two run times from there, not 1.8e9
+    grace = dt.timedelta(seconds=job.misfire_grace_time or 0)
+    assert job.next_run_time == trigger.get_next_fire_time(None, now - grace)
+    assert now - grace <= job.next_run_time <= now
+    assert any('Job "behind" missed too many fire times' in r.getMessage() for r in caplog.records)

@@ -28,7 +28,9 @@ _PLAIN_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
-def validate_state(state: dict[str, Any], row_id: Any, *, by_value: bool) -> None:
+def validate_state(
+    state: dict[str, Any], row_id: Any, *, by_value: bool, now: dt.datetime | None = None
+) -> dt.datetime | None:
     """Refuse a decoded state that APScheduler could not run safely.
 
     Checks the twelve keys and their types, that the state's id is the stored row's id (so a
@@ -36,6 +38,9 @@ def validate_state(state: dict[str, Any], row_id: Any, *, by_value: bool) -> Non
     and that the next run time is an aware datetime.
 
     :param by_value: the serializer may store the callable itself rather than a reference
+    :param now: the moment the job is read for (default: now)
+    :returns: ``None``, or, for a due job with more missed fire times than APScheduler should
+        enumerate, the fire time to catch up to (see :func:`~._schedule_check.check_schedule`)
     :raises DeserializationError: naming the job and what is wrong
     """
     if state.keys() != STATE_KEYS:
@@ -54,7 +59,7 @@ def validate_state(state: dict[str, Any], row_id: Any, *, by_value: bool) -> Non
     if not all(type(key) is str for key in state["kwargs"]):
         _refuse(row_id, "kwargs has a key that is not a string")
     grace = state["misfire_grace_time"]
-    if grace is not None and (type(grace) not in (int, float) or grace < 0):
+    if grace is not None and (type(grace) not in (int, float) or not 0 <= grace <= _MAX_GRACE):
         _refuse(row_id, f"misfire_grace_time is {grace!r}, expected seconds or None")
     instances = state["max_instances"]
     if type(instances) is not int or instances < 1:
@@ -70,7 +75,11 @@ def validate_state(state: dict[str, Any], row_id: Any, *, by_value: bool) -> Non
     zone = getattr(trigger, "timezone", None)
     if zone is not None and not isinstance(zone, dt.tzinfo):
         _refuse(row_id, f"its trigger's timezone is {type(zone).__name__}, not a time zone")
-    check_schedule(state, row_id)
+    return check_schedule(state, row_id, now)
+
+
+#: The longest misfire grace time a datetime computation can hold (APScheduler adds it to dates).
+_MAX_GRACE = 100 * 365 * 86_400
 
 
 def _refuse(row_id: Any, reason: str) -> None:

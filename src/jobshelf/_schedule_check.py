@@ -46,6 +46,7 @@ __all__ = [
     "MAX_MISSED_RUN_TIMES",
     "MAX_WORK",
     "ScheduleProblem",
+    "TooManyMissed",
     "bounded_next_fire_time",
     "check_outgoing_schedule",
     "check_schedule",
@@ -87,16 +88,42 @@ class ScheduleProblem(ValueError):
         self.exhausted = exhausted  # the work allowed ran out
 
 
-def check_schedule(state: dict[str, Any], row_id: Any) -> None:
+class TooManyMissed(ScheduleProblem):
+    """A due job whose missed fire times are too many to enumerate: not refused, caught up."""
+
+
+def check_schedule(state: dict[str, Any], row_id: Any, now: dt.datetime | None = None) -> dt.datetime | None:
     """Refuse a decoded state whose trigger cannot compute its next fire time.
 
+    A due job whose missed fire times are more than :data:`MAX_MISSED_RUN_TIMES` is not refused:
+    the fire time it catches up to is returned (the first at or after ``now`` less its
+    ``misfire_grace_time``), so that the store hands APScheduler that one instead of making it
+    enumerate them all; the skipped ones would have been misses (or coalesced) anyway.
+
+    :returns: ``None``, or the next run time to catch up to
     :raises DeserializationError: naming the job, the trigger field and the reason
     """
-    problem = schedule_problem(state["trigger"], state["next_run_time"])
-    if problem is not None:
-        raise DeserializationError(
-            f"job {row_id!r} has a schedule APScheduler cannot compute: {problem}; {_ADVICE}"
-        ) from problem.__cause__
+    moment = dt.datetime.now(UTC) if now is None else now
+    problem = schedule_problem(state["trigger"], state["next_run_time"], moment)
+    if problem is None:
+        return None
+    if isinstance(problem, TooManyMissed):
+        grace = state["misfire_grace_time"]
+        since = max(EARLIEST, moment - dt.timedelta(seconds=min(grace or 0, (moment - EARLIEST).total_seconds())))
+        try:
+            resume = bounded_next_fire_time(state["trigger"], None, since)
+        except ScheduleProblem as exc:
+            problem = exc
+        else:
+            later = resume is not None and _plain(resume) and resume > state["next_run_time"]
+            if later:
+                return resume  # type: ignore[no-any-return]
+            problem = ScheduleProblem(
+                "trigger", f"has no fire time to catch up to after {since.isoformat()} ({problem})"
+            )
+    raise DeserializationError(
+        f"job {row_id!r} has a schedule APScheduler cannot compute: {problem}; {_ADVICE}"
+    ) from problem.__cause__
 
 
 def check_outgoing_schedule(state: dict[str, Any], job_id: Any) -> None:
@@ -105,7 +132,7 @@ def check_outgoing_schedule(state: dict[str, Any], job_id: Any) -> None:
     :raises SerializationError: naming the job, the trigger field and the reason
     """
     problem = schedule_problem(state["trigger"], state["next_run_time"])
-    if problem is not None:
+    if problem is not None and not isinstance(problem, TooManyMissed):  # caught up when read
         raise SerializationError(
             f"job {job_id!r} has a schedule APScheduler cannot compute: {problem}; nothing was "
             "written. Give it a trigger whose values its constructor accepts and whose fire times "
@@ -189,7 +216,7 @@ def _check_schedule(trigger: Any, next_run_time: dt.datetime | None, now: dt.dat
             after = _compute(probe, budget, previous, now, None)
             _fire_time(after, previous, jitter)
     except ScheduleProblem as problem:
-        if problem.exhausted:
+        if problem.exhausted and not isinstance(problem, TooManyMissed):
             _missed(next_run_time, now)
         raise
 
@@ -259,7 +286,7 @@ def _fire_time(value: Any, previous: dt.datetime, jitter: float) -> None:
 
 
 def _missed(next_run_time: dt.datetime, now: dt.datetime) -> None:
-    raise ScheduleProblem(
+    raise TooManyMissed(
         "next_run_time",
         f"is {next_run_time.isoformat()}: so many fire times of its trigger lie "
         f"between it and now ({now.isoformat()}) that APScheduler would take too long enumerating "

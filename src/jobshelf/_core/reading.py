@@ -27,6 +27,7 @@ from apscheduler.util import datetime_to_utc_timestamp, utc_timestamp_to_datetim
 from .._exceptions import DeserializationError
 from .._jobstate import state_to_job
 from .._policy import CallablePolicy, validate_state
+from .._schedule_check import bounded_next_fire_time
 from .._serializer import decode_with
 from .adapter import StorageAdapter
 from .formats import FormatTable
@@ -83,10 +84,12 @@ class Reading(StorageAdapter):
             ):
                 continue
             try:
-                state = self._decode_state(row)
+                state, catch_up = self._decode_checked(row, now)
             except Exception as exc:
                 self._quarantine_row(row, exc)
                 continue
+            if catch_up is not None and now is not None:
+                state = self._catch_up(row, state, catch_up)
             fire_time = self._fire_time(row, state)
             state_time = _state_time(state)
             if now is not None:
@@ -115,7 +118,7 @@ class Reading(StorageAdapter):
             return state_time
         try:
             previous = utc_timestamp_to_datetime(pending)
-            following = state["trigger"].get_next_fire_time(previous, previous)
+            following = bounded_next_fire_time(state["trigger"], previous, previous)
             jitter = getattr(state["trigger"], "jitter", None) or 0
             matches = (
                 following is not None and abs(datetime_to_utc_timestamp(following) - state_time) <= jitter
@@ -130,6 +133,16 @@ class Reading(StorageAdapter):
             row.id, row.due_at, state["next_run_time"],
         )  # fmt: skip
         return state_time
+
+    def _catch_up(self, row: Row, state: dict[str, Any], catch_up: dt.datetime) -> dict[str, Any]:
+        """A due job with more missed fire times than APScheduler should enumerate: hand it over
+        from the fire time it catches up to (the skipped ones were misses, or would coalesce)."""
+        self._logger.warning(
+            'Job "%s" missed too many fire times to run them all (its next run time was %s): it '
+            "resumes at %s; the fire times between were skipped",
+            row.id, state["next_run_time"], catch_up,
+        )  # fmt: skip
+        return {**state, "next_run_time": catch_up}
 
     def _distrust_index(self, row: Row, state: dict[str, Any]) -> None:
         """A row read as due whose state is not: rewrite its index from the state, or remember
@@ -196,6 +209,13 @@ class Reading(StorageAdapter):
 
     def _decode_state(self, row: Row) -> dict[str, Any]:
         """Decode and check a row's state; its callable is not resolved (nothing imported)."""
+        return self._decode_checked(row)[0]
+
+    def _decode_checked(
+        self, row: Row, now: float | None = None
+    ) -> tuple[dict[str, Any], dt.datetime | None]:
+        """Decode and check a row's state; with it, the fire time a due job with too many missed
+        fire times catches up to (``None`` for every other job)."""
         decoder = self._formats.decoder_for(row.format, row.id)
         data = row.data
         if type(data) is str:
@@ -215,9 +235,10 @@ class Reading(StorageAdapter):
             state = decode_with(decoder.name, decoder.decoder, data)
         except DeserializationError as exc:
             raise DeserializationError(f"job {row.id!r} ({decoder.name}): {exc}") from exc
-        validate_state(state, row.id, by_value=decoder.by_value)
+        moment = utc_timestamp_to_datetime(now) if now is not None else None
+        catch_up = validate_state(state, row.id, by_value=decoder.by_value, now=moment)
         self._policy.check_state(state, row.id)
-        return state
+        return state, catch_up
 
 
 def _state_time(state: dict[str, Any]) -> float | None:

@@ -21,6 +21,7 @@ from .._exceptions import JobshelfError, SerializationError
 from .._jobstate import job_to_state
 from .._policy import CallablePolicy
 from .._resolve import resolve_serializer
+from .._schedule_check import check_outgoing_schedule
 from .._serializer import Serializer, SerializerSpec
 from .formats import UNTAGGED_FORMAT, Format, FormatTable
 from .history import DEFAULT_HISTORY_BUFFER, DEFAULT_HISTORY_TTL, HISTORY_OPTIONS, HistoryOperations
@@ -311,6 +312,7 @@ class StoreCore(HistoryOperations, OperatorTools, BaseJobStore):  # type: ignore
 
     def _encode_state(self, state: dict[str, Any], target: Format) -> WriteRecord:
         self._policy.check_outgoing(state, state["id"])
+        check_outgoing_schedule(state, state["id"])
         return encode_state(state, target, self.max_state_bytes)
 
     def _encode_for_update(self, job: Job) -> WriteRecord:
