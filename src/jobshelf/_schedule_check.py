@@ -109,7 +109,8 @@ def check_schedule(state: dict[str, Any], row_id: Any, now: dt.datetime | None =
         return None
     if isinstance(problem, TooManyMissed):
         grace = state["misfire_grace_time"]
-        since = max(EARLIEST, moment - dt.timedelta(seconds=min(grace or 0, (moment - EARLIEST).total_seconds())))
+        room = (moment - EARLIEST).total_seconds()  # a grace reaching before the calendar stops there
+        since = moment - dt.timedelta(seconds=min(grace or 0, room))
         try:
             resume = bounded_next_fire_time(state["trigger"], None, since)
         except ScheduleProblem as exc:
