@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import secrets
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from pymongo.errors import PyMongoError
 from ._fields import FORMAT_FIELD, QUARANTINE_FIELD, REVISION_FIELD
 from ._leases import LEASE_FIELD, ClaimBook, Lease, is_held_by_others, read_lease
 
-__all__ = ["ClaimedJob", "Claims", "Found"]
+__all__ = ["ClaimedJob", "Claims", "Found", "LeaseUpkeep"]
 
 logger = logging.getLogger("jobshelf.shared")
 
@@ -42,6 +43,8 @@ _MAX_FIND = 500
 _STEAL_AFTER = 0.25
 #: A job picked and not claimed is not tried again for this long (seconds).
 _REFUSED_FOR = 1.0
+#: Releases wait this long (seconds) for others to be written with them.
+_RELEASE_BATCH = 0.4
 #: Runs in flight are read at least this often (seconds) to find a takeover waiting.
 _ABANDONED_CHECK = 5.0
 _SORT = [("next_run_time", ASCENDING), ("_id", ASCENDING)]
@@ -398,3 +401,44 @@ def _number(value: Any) -> float | None:
 def _integer(value: Any) -> bool:
     """An integer as pymongo reads one (``int`` or ``bson.Int64``), not a ``bool``."""
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+class LeaseUpkeep(threading.Thread):
+    """A shared store's lease writes in the background: releases written in batches as runs end
+    (waiting up to 0.4 s for others to go with them), running leases renewed every ``lease / 3``.
+
+    :param claims: the lease operations
+    """
+
+    def __init__(self, claims: Claims) -> None:
+        super().__init__(name=f"jobshelf-leases-{claims.collection.full_name}", daemon=True)
+        self._claims = claims
+        self._halt = threading.Event()
+
+    def stop(self) -> None:
+        self._halt.set()
+        self._claims.book.releases_queued.set()  # wake the thread
+
+    def run(self) -> None:
+        claims = self._claims
+        book = claims.book
+        renew_every = claims.lease / 3
+        next_renewal = time.monotonic() + renew_every
+        while not self._halt.is_set():
+            if (
+                book.releases_queued.wait(max(0.0, next_renewal - time.monotonic()))
+                and not self._halt.is_set()
+            ):
+                # runs that end close together are released in one write
+                self._halt.wait(max(0.0, book.first_release_at + _RELEASE_BATCH - time.monotonic()))
+            try:
+                claims.flush()
+                if time.monotonic() >= next_renewal:
+                    next_renewal = time.monotonic() + renew_every
+                    claims.renew()
+            except PyMongoError as exc:  # releases are kept and retried; leases also expire
+                logger.warning("%s: lease upkeep failed (%s); retrying", claims.collection.full_name, exc)
+                self._halt.wait(1)
+            except Exception:  # never die: releases would wait for the next claim pass
+                logger.exception("%s: lease upkeep failed; retrying", claims.collection.full_name)
+                self._halt.wait(1)

@@ -13,8 +13,7 @@ seconds behind the observer's, or when it holds leases and has no record at all 
 holder, or one whose record was cleaned up). A record is deleted by its owner at shutdown and
 by anyone once it has been stale for a minute.
 
-The :class:`Upkeep` thread does all of this and the lease upkeep of :mod:`._claims`: released
-leases written in batches, running leases renewed.
+The :class:`Heartbeat` thread does this, and nothing else.
 """
 
 from __future__ import annotations
@@ -34,7 +33,7 @@ from pymongo.errors import PyMongoError
 
 from ._leases import LEASE_FIELD
 
-__all__ = ["HOLDERS_SUFFIX", "HolderRecord", "HolderRegistry", "Upkeep", "holder_id", "read_records"]
+__all__ = ["HOLDERS_SUFFIX", "Heartbeat", "HolderRecord", "HolderRegistry", "holder_id", "read_records"]
 
 logger = logging.getLogger("jobshelf.shared")
 
@@ -42,8 +41,6 @@ logger = logging.getLogger("jobshelf.shared")
 HOLDERS_SUFFIX = "_holders"
 #: Records stale this long (seconds) are deleted by whoever sees them.
 _FORGET_AFTER = 60.0
-#: Releases wait this long (seconds) for others to be written with them.
-_RELEASE_BATCH = 0.4
 #: The most holder records and unknown holders kept in memory.
 _MAX_HOLDERS = 1000
 
@@ -222,22 +219,23 @@ class HolderRegistry:
         self.records.delete_one({"_id": self.holder})
 
 
-class Upkeep(threading.Thread):
-    """A shared store's background upkeep, about every second: its check-in and the detection of
-    dead holders (:class:`HolderRegistry`), and its lease upkeep: released leases written in
-    batches as runs end, running leases renewed every ``lease / 3``.
+class Heartbeat(threading.Thread):
+    """A shared store's liveness thread, doing nothing else (so that slow lease writes never delay
+    a check-in): its check-in about every second, and the detection of dead holders
+    (:class:`HolderRegistry`): their records are read every second while others are live, every
+    0.1 s while one has missed a check-in, and every third second when alone.
 
     :param registry: the liveness records
-    :param claims: the lease operations (:class:`~._claims.Claims`)
+    :param running: how many runs this instance has in flight (written with each check-in)
     :param on_dead: called with newly dead holders (takes their claims over)
-    :param lease: the lease, seconds
+    :param lease: the lease, seconds (holders of leases without a record are looked for this often)
     """
 
-    def __init__(self, registry: HolderRegistry, claims: Any, on_dead: Callable[[frozenset[str]], None],
-                 lease: float) -> None:  # fmt: skip
-        super().__init__(name=f"jobshelf-upkeep-{registry.jobs.full_name}", daemon=True)
+    def __init__(self, registry: HolderRegistry, running: Callable[[], int],
+                 on_dead: Callable[[frozenset[str]], None], lease: float) -> None:  # fmt: skip
+        super().__init__(name=f"jobshelf-heartbeat-{registry.jobs.full_name}", daemon=True)
         self._registry = registry
-        self._claims = claims
+        self._running = running
         self._on_dead = on_dead
         self._lease = lease
         self._halt = threading.Event()
@@ -245,13 +243,11 @@ class Upkeep(threading.Thread):
 
     def stop(self) -> None:
         self._halt.set()
-        self._claims.book.releases_queued.set()  # wake the thread
 
     def run(self) -> None:
-        registry, claims = self._registry, self._claims
+        registry = self._registry
         now = time.monotonic()
         next_beat = next_observe = now
-        next_renewal = now + self._lease / 3
         next_scan = now + self._beat  # after the first check-in and observation
         next_cleanup = now + _FORGET_AFTER / 2
         beats = 0
@@ -260,44 +256,33 @@ class Upkeep(threading.Thread):
                 now = time.monotonic()
                 if now >= next_beat:
                     next_beat = now + self._beat
-                    registry.check_in(claims.book.running_count())
+                    registry.check_in(self._running())
                     beats += 1
                 if now >= next_observe:
-                    # others present: look at every beat, and every 0.1 s while one missed a
-                    # check-in; alone: every third beat (a newcomer checks in before it claims)
                     newly_dead = registry.observe()
                     alone = len(registry.live) == 1 and not registry.dead
                     if registry.suspicious:  # a holder missed a check-in: is it dead?
                         next_observe = now + 0.1
-                    else:
+                    else:  # a newcomer checks in before it claims anything: alone, look less often
                         next_observe = now + (self._beat * 3 if alone and beats > 2 else self._beat)
-                    self._report(newly_dead)
+                    self._report(newly_dead, f"stopped checking in (dead for {registry.dead_after}s)")
                 if now >= next_scan:
                     next_scan = now + self._lease
-                    self._report(registry.scan_unknown())
-                if now >= next_renewal:
-                    next_renewal = now + self._lease / 3
-                    claims.renew()
+                    self._report(registry.scan_unknown(), "holds leases but has no liveness record")
                 if now >= next_cleanup:
                     next_cleanup = now + _FORGET_AFTER / 2
                     registry.forget_stale()
-                claims.flush()
             except PyMongoError as exc:
-                logger.warning("%s: shared-mode upkeep failed (%s); retrying", registry.jobs.full_name, exc)
-                self._halt.wait(min(1.0, self._beat))
-            except Exception:  # never let the upkeep die: the store would look dead to others
-                logger.exception("%s: shared-mode upkeep failed; retrying", registry.jobs.full_name)
-                self._halt.wait(min(1.0, self._beat))
-            timeout = max(0.0, min(next_beat, next_observe, next_renewal, next_scan) - time.monotonic())
-            if claims.book.releases_queued.wait(timeout) and not self._halt.is_set():
-                # runs that end close together are released in one write
-                self._halt.wait(max(0.0, claims.book.first_release_at + _RELEASE_BATCH - time.monotonic()))
+                logger.warning("%s: liveness check-in failed (%s); retrying", registry.jobs.full_name, exc)
+            except Exception:  # never let the heartbeat die: this process would look dead to others
+                logger.exception("%s: liveness check-in failed; retrying", registry.jobs.full_name)
+            self._halt.wait(max(0.0, min(next_beat, next_observe) - time.monotonic()))
 
-    def _report(self, newly_dead: frozenset[str]) -> None:
+    def _report(self, newly_dead: frozenset[str], why: str) -> None:
         if newly_dead:
             logger.warning(
-                "%s: holder%s %s stopped checking in (dead for %ss); taking over its claimed jobs",
+                "%s: holder%s %s %s; taking over its claimed jobs",
                 self._registry.jobs.full_name, "" if len(newly_dead) == 1 else "s",
-                ", ".join(sorted(newly_dead)), self._registry.dead_after,
+                ", ".join(sorted(newly_dead)), why,
             )  # fmt: skip
             self._on_dead(newly_dead)

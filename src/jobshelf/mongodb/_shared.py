@@ -31,9 +31,9 @@ from apscheduler.events import (
 from apscheduler.job import Job
 
 from .._core import Row
-from ._claims import ClaimedJob, Claims
+from ._claims import ClaimedJob, Claims, LeaseUpkeep
 from ._leases import ClaimBook, HolderWrite, WriteMode
-from ._liveness import HolderRegistry, Upkeep, holder_id
+from ._liveness import Heartbeat, HolderRegistry, holder_id
 from ._registration import RegistrationMarks
 from ._wakeups import WakeupWatcher
 
@@ -78,12 +78,14 @@ class SharedMode:
         self.holder: str | None = None
         self.claims: Claims | None = None
         self.registry: HolderRegistry | None = None
-        self._upkeep: Upkeep | None = None
+        self._heartbeat: Heartbeat | None = None
+        self._upkeep: LeaseUpkeep | None = None
         self._watcher: WakeupWatcher | None = None
         self._scheduler: Any = None
         self._alias = ""
         self._pass_claims: dict[Any, ClaimedJob] = {}
         self._idle_passes = 0
+        self._woken_at = 0.0
         #: when the scheduler plans to wake (UTC timestamp), for the wake-up watcher
         self.planned = math.inf
 
@@ -113,7 +115,8 @@ class SharedMode:
             accepts=accepts,
         )
         scheduler.add_listener(self.on_event, DONE_EVENTS | EVENT_JOB_SUBMITTED)
-        self._upkeep = Upkeep(self.registry, self.claims, self._on_dead, self.lease)
+        self._heartbeat = Heartbeat(self.registry, self.book.running_count, self._on_dead, self.lease)
+        self._upkeep = LeaseUpkeep(self.claims)
         self._watcher = WakeupWatcher(
             collection,
             self.holder,
@@ -122,17 +125,19 @@ class SharedMode:
             earliest=earliest,
             recheck=self.recheck,
         )
+        self._heartbeat.start()
         self._upkeep.start()
         self._watcher.start()
 
     def stop_threads(self) -> None:
-        for thread in (self._watcher, self._upkeep):
+        threads = (self._watcher, self._upkeep, self._heartbeat)
+        for thread in threads:
             if thread is not None:
                 thread.stop()
-        for thread in (self._watcher, self._upkeep):
+        for thread in threads:
             if thread is not None and thread.is_alive():
                 thread.join(5)
-        self._watcher = self._upkeep = None
+        self._watcher = self._upkeep = self._heartbeat = None
 
     def stop(self) -> None:
         """Stop the threads, write the last releases, let other processes take over at once what
@@ -156,7 +161,7 @@ class SharedMode:
         """In a child forked from a process where this instance was started: nothing it held is
         this process's, and its threads did not survive the fork."""
         self.book.clear()
-        self._watcher = self._upkeep = None
+        self._watcher = self._upkeep = self._heartbeat = None
         self.claims = self.registry = None
         self.holder = None
 
@@ -225,16 +230,20 @@ class SharedMode:
 
     def _limit(self) -> int:
         """The most jobs this pass claims: ``claim_limit`` and, while other processes are live to
-        take the rest, what the executors can start now."""
+        take the rest, what the executors can run at once and queue one each (so their workers
+        never wait for the next pass)."""
         registry = self.registry
         if registry is None or len(registry.live) <= 1:
             return self.claim_limit  # alone: whatever waits would be claimed here anyway
-        free = _free_capacity(self._scheduler)
-        return max(1, min(self.claim_limit, free) if free is not None else self.claim_limit)
+        room = _free_capacity(self._scheduler)
+        return max(1, min(self.claim_limit, room) if room is not None else self.claim_limit)
 
     def _on_dead(self, holders: frozenset[str]) -> None:
         if self.claims is not None:
             self.claims.next_abandoned_check = 0.0  # their runs in flight are read at the next pass
+        self._wake()
+
+    def _wake(self) -> None:
         scheduler = self._scheduler
         if scheduler is not None:
             try:
@@ -281,6 +290,14 @@ class SharedMode:
         run_times = getattr(event, "scheduled_run_times", None) or ([run_time] if run_time else [])
         if run_times:
             self.book.on_done(event.job_id, max(t.timestamp() for t in run_times))
+        claims = self.claims
+        if claims is not None and claims.left_behind and event.code != EVENT_JOB_MAX_INSTANCES:
+            # a run ended in a process that left due jobs for lack of room: look again now (at
+            # most every _REPASS seconds)
+            clock = time.monotonic()
+            if clock >= self._woken_at + _REPASS:
+                self._woken_at = clock
+                self._wake()
 
 
 def _run_times(job: Job, now: dt.datetime) -> list[dt.datetime]:
@@ -297,8 +314,9 @@ def _run_times(job: Job, now: dt.datetime) -> list[dt.datetime]:
 
 
 def _free_capacity(scheduler: Any) -> int | None:
-    """How many more runs the scheduler's pool executors can start now (threads or processes
-    not busy), or ``None`` when an executor does not say (asyncio, gevent, a custom one)."""
+    """How many more runs the scheduler's pool executors take now: their workers (threads or
+    processes) twice over (each running one and with one queued), less the runs submitted and not
+    finished; ``None`` when an executor does not say (asyncio, gevent, a custom one)."""
     executors = getattr(scheduler, "_executors", None)
     if not isinstance(executors, dict) or not executors:
         return None
@@ -308,7 +326,7 @@ def _free_capacity(scheduler: Any) -> int | None:
         instances = getattr(executor, "_instances", None)
         if type(workers) is not int or not isinstance(instances, dict):
             return None
-        free += max(0, workers - sum(count for count in instances.values() if type(count) is int))
+        free += max(0, 2 * workers - sum(count for count in instances.values() if type(count) is int))
     return free
 
 
