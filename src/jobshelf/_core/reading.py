@@ -26,8 +26,7 @@ from apscheduler.util import datetime_to_utc_timestamp, utc_timestamp_to_datetim
 
 from .._exceptions import DeserializationError
 from .._jobstate import state_to_job
-from .._policy import CallablePolicy, validate_state
-from .._schedule_check import bounded_next_fire_time
+from .._policy import CallablePolicy, bounded_next_fire_time, validate_state
 from .._serializer import decode_with
 from .adapter import StorageAdapter
 from .formats import FormatTable

@@ -19,9 +19,8 @@ from apscheduler.util import datetime_to_utc_timestamp, utc_timestamp_to_datetim
 
 from .._exceptions import JobshelfError, SerializationError
 from .._jobstate import job_to_state
-from .._policy import CallablePolicy
+from .._policy import CallablePolicy, check_outgoing_schedule
 from .._resolve import resolve_serializer
-from .._schedule_check import check_outgoing_schedule
 from .._serializer import Serializer, SerializerSpec
 from .formats import UNTAGGED_FORMAT, Format, FormatTable
 from .history import DEFAULT_HISTORY_BUFFER, DEFAULT_HISTORY_TTL, HISTORY_OPTIONS, HistoryOperations

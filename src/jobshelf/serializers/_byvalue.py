@@ -32,7 +32,7 @@ import sys
 import types
 from typing import Any
 
-from .._allowlist import GlobalGate, RefusedReference, resolve_reference
+from .._references import GlobalGate, RefusedReference, resolve_reference
 from ._admitted import Context, Guard, Refused
 
 __all__ = ["ByValue"]

@@ -8,7 +8,7 @@ arguments, set attributes on a class (BUILD on a global), or claim memo index 20
 
 - ``find_class`` admits the job-state globals of :mod:`._admitted` (each behind an argument guard),
   the registered trigger classes, the application's allowed functions and classes (judged by
-  :mod:`jobshelf._allowlist`'s reference rule: by what they resolve to) and, with
+  :mod:`jobshelf._references`'s reference rule: by what they resolve to) and, with
   ``allow_by_value``, cloudpickle's reconstructors (:mod:`._byvalue`). Nothing else is imported;
 - REDUCE, INST and OBJ call only an admitted constructor's guard or an allowed class (whose
   constructor runs: your class, your code); never a function of the application, never anything
@@ -38,8 +38,8 @@ from typing import Any
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.combining import BaseCombiningTrigger
 
-from .._allowlist import GlobalGate, RefusedReference, as_gate, resolve_reference
 from .._marshal._triggers import REGISTRY_BY_CLASS
+from .._references import GlobalGate, RefusedReference, as_gate, resolve_reference
 from . import _admitted
 from ._admitted import CONSTRUCTORS, INSTANCE_CLASSES, Guard, Refused
 from ._byvalue import ByValue
@@ -385,7 +385,7 @@ def restricted_loads(data: bytes, allows_global: Callable[[str, str], bool], *, 
     """Unpickle ``data`` admitting only job-state values and what ``allows_global`` allows.
 
     ``allows_global`` is a ``(module, name) -> bool`` predicate or a
-    :class:`~jobshelf._allowlist.GlobalGate` (``CallablePolicy.allows_global`` is one, and says
+    :class:`~jobshelf._references.GlobalGate` (``CallablePolicy.allows_global`` is one, and says
     whether callables by value are admitted). With ``lenient`` (for looking, never for running),
     a global that is not admitted becomes an :class:`Unresolved` stand-in instead of an error.
 

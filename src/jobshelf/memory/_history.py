@@ -9,7 +9,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from ._core.history import HistoryQuery, HistorySink
+from .._core.history import HistoryQuery, HistorySink
 
 __all__ = ["MemoryHistorySink"]
 

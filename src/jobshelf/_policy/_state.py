@@ -1,7 +1,7 @@
 """What a decoded job state must look like, and which callables it may name.
 
 Both checks run after a state is decoded and before APScheduler resolves its callable (the
-callable check imports at most a module the allow-list allows; see :mod:`._allowlist`): a state
+callable check imports at most a module the allow-list allows; see :mod:`._callables`): a state
 that passes becomes a :class:`~apscheduler.job.Job`; one that fails is quarantined.
 """
 
@@ -12,12 +12,11 @@ from typing import Any
 
 from apscheduler.triggers.base import BaseTrigger
 
-from ._allowlist import CallablePolicy
-from ._exceptions import DeserializationError
-from ._schedule_check import check_schedule
-from ._serializer import STATE_KEYS
+from .._exceptions import DeserializationError
+from .._serializer import STATE_KEYS
+from ._schedules import check_schedule
 
-__all__ = ["CallablePolicy", "validate_state"]
+__all__ = ["validate_state"]
 
 _PLAIN_TYPES: dict[str, tuple[type, ...]] = {
     "executor": (str,),
@@ -40,7 +39,7 @@ def validate_state(
     :param by_value: the serializer may store the callable itself rather than a reference
     :param now: the moment the job is read for (default: now)
     :returns: ``None``, or, for a due job with more missed fire times than APScheduler should
-        enumerate, the fire time to catch up to (see :func:`~._schedule_check.check_schedule`)
+        enumerate, the fire time to catch up to (see :func:`~._schedules.check_schedule`)
     :raises DeserializationError: naming the job and what is wrong
     """
     if state.keys() != STATE_KEYS:

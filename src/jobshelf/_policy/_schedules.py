@@ -35,8 +35,8 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from ._exceptions import DeserializationError, SerializationError
-from ._marshal._triggers import cron_fields_compiled, cron_fields_problem
+from .._exceptions import DeserializationError, SerializationError
+from .._marshal._triggers import cron_fields_compiled, cron_fields_problem
 
 __all__ = [
     "EARLIEST",

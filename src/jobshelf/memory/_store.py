@@ -13,8 +13,8 @@ import threading
 from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import Any
 
-from ._core import CORE_OPTIONS, MalformedTag, Row, StoreCore, StoredJob, WriteRecord, check_unknown
-from ._memory_history import MemoryHistorySink
+from .._core import CORE_OPTIONS, MalformedTag, Row, StoreCore, StoredJob, WriteRecord, check_unknown
+from ._history import MemoryHistorySink
 
 __all__ = ["MemoryJobStore", "MemoryStorage"]
 
