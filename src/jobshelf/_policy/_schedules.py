@@ -103,42 +103,49 @@ def check_schedule(state: dict[str, Any], row_id: Any, now: dt.datetime | None =
     :returns: ``None``, or the next run time to catch up to
     :raises DeserializationError: naming the job, the trigger field and the reason
     """
-    moment = dt.datetime.now(UTC) if now is None else now
-    problem = schedule_problem(state["trigger"], state["next_run_time"], moment)
-    if problem is None:
-        return None
-    if isinstance(problem, TooManyMissed):
-        grace = state["misfire_grace_time"]
-        room = (moment - EARLIEST).total_seconds()  # a grace reaching before the calendar stops there
-        since = moment - dt.timedelta(seconds=min(grace or 0, room))
-        try:
-            resume = bounded_next_fire_time(state["trigger"], None, since)
-        except ScheduleProblem as exc:
-            problem = exc
-        else:
-            later = resume is not None and _plain(resume) and resume > state["next_run_time"]
-            if later:
-                return resume  # type: ignore[no-any-return]
-            problem = ScheduleProblem(
-                "trigger", f"has no fire time to catch up to after {since.isoformat()} ({problem})"
-            )
-    raise DeserializationError(
-        f"job {row_id!r} has a schedule APScheduler cannot compute: {problem}; {_ADVICE}"
-    ) from problem.__cause__
+    catch_up, problem = _admission(state, dt.datetime.now(UTC) if now is None else now)
+    if problem is not None:
+        raise DeserializationError(
+            f"job {row_id!r} has a schedule APScheduler cannot compute: {problem}; {_ADVICE}"
+        ) from problem.__cause__
+    return catch_up
 
 
 def check_outgoing_schedule(state: dict[str, Any], job_id: Any) -> None:
-    """Refuse to store a job whose trigger cannot compute its next fire time.
+    """Refuse to store a job whose trigger cannot compute its next fire time (exactly the jobs
+    :func:`check_schedule` would refuse when they are read back).
 
     :raises SerializationError: naming the job, the trigger field and the reason
     """
-    problem = schedule_problem(state["trigger"], state["next_run_time"])
-    if problem is not None and not isinstance(problem, TooManyMissed):  # caught up when read
+    _catch_up, problem = _admission(state, dt.datetime.now(UTC))
+    if problem is not None:
         raise SerializationError(
             f"job {job_id!r} has a schedule APScheduler cannot compute: {problem}; nothing was "
             "written. Give it a trigger whose values its constructor accepts and whose fire times "
             "stay inside the calendar"
         ) from problem.__cause__
+
+
+def _admission(
+    state: dict[str, Any], moment: dt.datetime
+) -> tuple[dt.datetime | None, ScheduleProblem | None]:
+    """``(fire time to catch up to, None)``, ``(None, None)`` when admitted as it is, or
+    ``(None, problem)``."""
+    problem = schedule_problem(state["trigger"], state["next_run_time"], moment)
+    if not isinstance(problem, TooManyMissed):
+        return None, problem
+    grace = state["misfire_grace_time"]
+    room = (moment - EARLIEST).total_seconds()  # a grace reaching before the calendar stops there
+    since = moment - dt.timedelta(seconds=min(grace or 0, room))
+    try:
+        resume = bounded_next_fire_time(state["trigger"], None, since)
+    except ScheduleProblem as exc:
+        return None, exc
+    if resume is not None and _plain(resume) and resume > state["next_run_time"]:
+        return resume, None
+    return None, ScheduleProblem(
+        "trigger", f"has no fire time to catch up to after {since.isoformat()} ({problem})"
+    )
 
 
 def schedule_problem(
