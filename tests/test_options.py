@@ -67,6 +67,8 @@ def test_numbers_from_configuration_files_are_parsed() -> None:
      ({"shared": True, "lease": 0}, "lease must be a number greater than 0, got 0"),
      ({"shared": True, "recheck": float("nan")}, "recheck must be a number"),
      ({"lease": 10}, r"lease=10 applies to shared mode only; pass shared=True"),
+     ({"lease": 30}, r"lease=30 applies to shared mode only"),  # the default value, given: still refused
+     ({"recheck": 1, "shared": "false"}, r"recheck=1 applies to shared mode only"),
      ({"max_state_bytes": "lots"}, "max_state_bytes must be a whole number"),
      ({"allow_by_value": "perhaps"}, "allow_by_value must be true or false")],
 )  # fmt: skip

@@ -169,3 +169,38 @@ def test_a_hostile_quarantine_record_is_listed_and_restored_from_the_state(
     assert restored.next_run_time == when  # from the state, not the record
     assert store.get_next_run_time() == when
     assert store.get_quarantined_jobs() == []
+
+
+def forged_rows(store: Any, count: int, **fields: Any) -> None:
+    """Documents the store reads as due but never runs (quarantined, or another store's format)."""
+    for n in range(count):
+        insert_document(store, {"_id": f"forged-{n}", "next_run_time": 0, "job_state": b"x", **fields})
+
+
+@pytest.mark.parametrize(
+    ("count", "fields"),
+    [(1, {"job_state_format": "msgpack", "quarantine": {"at": 1}}),
+     (1, {"job_state_format": "msgpack", "quarantine": "x"}),
+     (1, {"quarantine": {"next_run_time": 0}}),
+     (600, {"job_state_format": "another-stores-format"})],
+    ids=["quarantined", "quarantine a string", "quarantined untagged", "600 of another store's"],
+)  # fmt: skip
+def test_rows_never_run_here_do_not_wake_the_loop(
+    mongo_client: Any, database: str, count: int, fields: dict[str, Any]
+) -> None:
+    RUNS.clear()
+    CountingStore.passes = 0
+    store = CountingStore(database=database, client=mongo_client, serializer="msgpack", accept=["pickle"])
+    scheduler = BackgroundScheduler(timezone=UTC, jobstores={"default": store})
+    scheduler.add_job(count_run, "interval", seconds=1, args=["heartbeat"], id="heartbeat")
+    scheduler.start()
+    try:
+        forged_rows(store, count, **fields)
+        scheduler.wakeup()
+        assert RUNS.wait_until(lambda runs: runs["heartbeat"] >= 3, 15), RUNS.counts()
+        assert loop_is_alive(scheduler)
+        assert CountingStore.passes <= 4 * RUNS["heartbeat"] + 20, (CountingStore.passes, RUNS.counts())
+        next_run = store.get_next_run_time()
+        assert next_run is not None and next_run > dt.datetime.now(UTC) - dt.timedelta(seconds=30)  # not 1970
+    finally:
+        scheduler.shutdown()

@@ -60,8 +60,9 @@ class FormatTable:
                 self._formats.setdefault(UNTAGGED_FORMAT, Format(serializer, UNTAGGED_FORMAT))
             return
         if isinstance(accept, (str, bytes)):
+            parts = [part.strip() for part in str(accept).split(",") if part.strip()]
             raise TypeError(
-                f"accept must be a list of formats, got the string {accept!r}; write accept=[{accept!r}]"
+                f"accept must be a list of formats, got the string {accept!r}; write accept={parts!r}"
             )
         for spec in accept:
             if isinstance(spec, str) and spec in self._formats:

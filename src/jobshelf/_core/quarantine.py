@@ -60,6 +60,7 @@ class QuarantineOperations(Reading):
                 raise JobLookupError(job_id)
             if current.quarantined:
                 raise DeserializationError(f"job {job_id!r} changed while it was being restored; try again")
+        self._forget_suspect(job_id)
         self._logger.info('Job "%s" restored from quarantine', job_id)
         return job
 

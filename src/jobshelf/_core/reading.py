@@ -78,9 +78,11 @@ class Reading(StorageAdapter):
         formats = self._formats
         for row in rows:
             # Quarantined jobs are out of the schedule; unaccepted formats belong to other stores.
-            if row.quarantined or (
-                (row.format is None or type(row.format) is str) and not formats.accepts(row.format)
-            ):
+            if row.quarantined or ((row.format is None or type(row.format) is str) and not formats.accepts(
+                row.format
+            )):
+                if now is not None:  # read as due, never run here: its index must not wake the loop
+                    self._remember_suspect(row.id, None)
                 continue
             try:
                 state, catch_up = self._decode_checked(row, now)
@@ -167,9 +169,13 @@ class Reading(StorageAdapter):
             )
             self._forget_suspect(row.id)
             return
+        self._remember_suspect(row.id, state_time)
+
+    def _remember_suspect(self, job_id: Any, state_time: float | None) -> None:
+        """Leave the row out of the next-run-time query; ``state_time``: when its state is due."""
         with self._suspects_lock:
-            if row.id in self._suspects or len(self._suspects) < MAX_SUSPECTS:
-                self._suspects[row.id] = state_time
+            if job_id in self._suspects or len(self._suspects) < MAX_SUSPECTS:
+                self._suspects[job_id] = state_time
 
     def _forget_suspect(self, job_id: Any) -> None:
         if self._suspects:

@@ -101,7 +101,10 @@ class MemoryJobStore(StoreCore):
     def _earliest(self, exclude: Collection[Any]) -> tuple[Any, Any] | None:
         found = self.storage._select(
             lambda d: (
-                _is_time(d.get("next_run_time")) and d["_id"] not in exclude and self.accepts(d.get(_FORMAT))
+                _is_time(d.get("next_run_time"))
+                and _QUARANTINE not in d
+                and d["_id"] not in exclude
+                and self.accepts(d.get(_FORMAT))
             )
         )
         if not found:

@@ -156,10 +156,10 @@ class MongoDBJobStore(StoreCore):
         allow_by_value: bool = False,
         max_state_bytes: int = DEFAULT_MAX_STATE_BYTES,
         shared: bool = False,
-        lease: float = 30,
-        recheck: float = 1.0,
-        dead_after: float = DEFAULT_DEAD_AFTER,
-        claim_limit: int = DEFAULT_CLAIM_LIMIT,
+        lease: float | None = None,
+        recheck: float | None = None,
+        dead_after: float | None = None,
+        claim_limit: int | None = None,
         history: bool | str = False,
         history_ttl: float = DEFAULT_HISTORY_TTL,
         history_buffer: int = DEFAULT_HISTORY_BUFFER,
@@ -171,12 +171,15 @@ class MongoDBJobStore(StoreCore):
             raise ValueError('The "collection" parameter must not be empty')
         check_unknown(type(self).__name__, connect_args, _OPTIONS, passed_on=_is_client_option)
         shared = as_bool("shared", shared)
-        given = {"lease": lease, "recheck": recheck, "dead_after": dead_after, "claim_limit": claim_limit}
-        if shared:
-            lease, recheck, dead_after = (as_number(n, given[n]) for n in ("lease", "recheck", "dead_after"))
-            claim_limit = as_number("claim_limit", claim_limit, integer=True)
-        elif given != _SHARED_DEFAULTS:
-            options = ", ".join(f"{n}={v!r}" for n, v in given.items() if v != _SHARED_DEFAULTS[n])
+        given: dict[str, Any] = {"lease": lease, "recheck": recheck, "dead_after": dead_after,
+                                 "claim_limit": claim_limit}  # fmt: skip
+        if shared:  # what is not given takes its default (None: not given, so shared=False can tell)
+            given = {n: _SHARED_DEFAULTS[n] if v is None else v for n, v in given.items()}
+            for name in ("lease", "recheck", "dead_after"):
+                given[name] = as_number(name, given[name])
+            given["claim_limit"] = as_number("claim_limit", given["claim_limit"], integer=True)
+        elif any(v is not None for v in given.values()):
+            options = ", ".join(f"{n}={v!r}" for n, v in given.items() if v is not None)
             raise ValueError(
                 f"{options} appl{'ies' if options.count('=') == 1 else 'y'} to shared mode only; pass "
                 "shared=True (several schedulers share this collection) or leave them out"
@@ -196,10 +199,10 @@ class MongoDBJobStore(StoreCore):
         self._shared: SharedMode | None = None
         if shared:
             self._shared = SharedMode(
-                lease=float(lease),
-                dead_after=float(dead_after),
-                claim_limit=claim_limit,
-                recheck=float(recheck),
+                lease=float(given["lease"]),
+                dead_after=float(given["dead_after"]),
+                claim_limit=int(given["claim_limit"]),
+                recheck=float(given["recheck"]),
                 projection=_READ_PROJECTION,
             )
         self._owns_client = not client
@@ -368,8 +371,11 @@ class MongoDBJobStore(StoreCore):
         claims = self._shared.claims if self._shared is not None else None
         now = time.time()
         document = None
+        conditions: dict[str, Any] = {**_SCHEDULED, QUARANTINE_FIELD: {"$exists": False}}
+        if exclude:  # rows the core will not run here (bounded: MAX_SUSPECTS)
+            conditions["_id"] = {"$nin": list(exclude)}
         for size in _EARLIEST_PAGES:
-            page = list(self.collection.find(_SCHEDULED, projection, sort=_SORT, limit=size))
+            page = list(self.collection.find(conditions, projection, sort=_SORT, limit=size))
             for document in page:
                 if document.get("_id") in exclude:
                     continue
@@ -380,8 +386,11 @@ class MongoDBJobStore(StoreCore):
                 return document.get("next_run_time"), document.get("_id")
             if len(page) < size:
                 return None
-        # more jobs left out than a page holds (running elsewhere, another store's): wake at the last
-        # one read rather than read further; the next pass looks again
+        if claims is None:  # more of another store's jobs than a page holds: ask for ours only
+            ours = self.collection.find_one({**conditions, **self._accepted_filter()}, projection, sort=_SORT)
+            return (ours.get("next_run_time"), ours.get("_id")) if ours is not None else None
+        # more jobs left out than a page holds (running elsewhere): wake at the last one read rather
+        # than read further; the next pass looks again
         return (document.get("next_run_time"), document.get("_id")) if document is not None else None
 
     def _earliest_time(self) -> float | None:
