@@ -487,55 +487,38 @@ class _Budget:
         self.left = MAX_WORK
 
 
-class _CronProbe(CronTrigger):  # type: ignore[misc]
-    # CronTrigger.get_next_fire_time reads self.fields on every round of its search
-    __slots__ = ("_budget", "_fields")
+def _counted(slot: str) -> Any:
+    """A property that counts one round of work from the probe's budget, then reads ``slot``."""
+    read_slot = operator.attrgetter(slot)
 
-    @property
-    def fields(self) -> Any:
-        budget = self._budget  # inlined: this runs on every round of the search
+    def read(self: Any) -> Any:
+        budget = self._budget  # this runs on every round of the trigger's search
         budget.left -= 1
         if budget.left < 0:
             raise _OutOfWork
-        return self._fields
+        return read_slot(self)
+
+    return property(read)
+
+
+class _CronProbe(CronTrigger):  # type: ignore[misc]
+    __slots__ = ("_budget", "_fields")
+    fields = _counted("_fields")  # CronTrigger.get_next_fire_time reads it on every round
 
 
 class _CalendarProbe(CalendarIntervalTrigger):  # type: ignore[misc]
-    # CalendarIntervalTrigger.get_next_fire_time reads self.months on every round of its search
     __slots__ = ("_budget", "_months")
-
-    @property
-    def months(self) -> Any:
-        budget = self._budget  # inlined: this runs on every round of the search
-        budget.left -= 1
-        if budget.left < 0:
-            raise _OutOfWork
-        return self._months
+    months = _counted("_months")  # CalendarIntervalTrigger.get_next_fire_time reads it every round
 
 
 class _AndProbe(AndTrigger):  # type: ignore[misc]
-    # AndTrigger.get_next_fire_time reads self.triggers on every round of its search
     __slots__ = ("_budget", "_members")
-
-    @property
-    def triggers(self) -> Any:
-        budget = self._budget  # inlined: this runs on every round of the search
-        budget.left -= 1
-        if budget.left < 0:
-            raise _OutOfWork
-        return self._members
+    triggers = _counted("_members")  # AndTrigger.get_next_fire_time reads it on every round
 
 
 class _OrProbe(OrTrigger):  # type: ignore[misc]
     __slots__ = ("_budget", "_members")
-
-    @property
-    def triggers(self) -> Any:
-        budget = self._budget  # inlined: this runs on every round of the search
-        budget.left -= 1
-        if budget.left < 0:
-            raise _OutOfWork
-        return self._members
+    triggers = _counted("_members")
 
 
 _PROBES: dict[type, tuple[Any, tuple[str, ...], str]] = {
