@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
+import signal
 import statistics
 import subprocess
 import sys
@@ -126,6 +127,60 @@ def run_cluster(
         client.close()
 
 
+def run_failover(uri: str, *, rounds: int = 3) -> dict[str, Any]:
+    """Three processes, twelve one-second jobs of 0.4 s, the default lease (30 s): one process is
+    SIGKILLed while it has runs in flight; how long until each of those jobs runs again on another
+    process (a run started after the kill: its fire time again, or a later one it was merged into)."""
+    delays: list[float] = []
+    for _ in range(rounds):
+        client: MongoClient[Any] = MongoClient(uri)
+        database = f"jobshelf_failover_{uuid.uuid4().hex[:8]}"
+        db = client[database]
+        db.executions.create_index([("job", ASCENDING), ("run_time", ASCENDING)], unique=True)
+        try:
+            command = [sys.executable, "-m", "tests.shared_worker", uri, database, "14", "30", "shared"]
+            workers = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(3)]
+            for worker in workers:
+                assert worker.stdout is not None
+                worker.stdout.readline()  # "started"
+            store = MongoDBJobStore(database=database, client=client)
+            setup = BackgroundScheduler(timezone=dt.timezone.utc)
+            store.start(setup, "setup")
+            start = dt.datetime.now(dt.timezone.utc).replace(microsecond=0) + dt.timedelta(seconds=2)
+            for index in range(12):
+                trigger = IntervalTrigger(seconds=1, start_date=start)
+                job = make_job(setup, f"job{index:03}", func=work, args=(0.4,), trigger=trigger,
+                               next_run_time=start, misfire_grace_time=None, max_instances=1)  # fmt: skip
+                store.add_job(job)
+            time.sleep(max(0.0, start.timestamp() + 4.2 - time.time()))
+            victim, held = workers[0], []
+            for _ in range(40):  # kill it while it has runs in flight
+                victim.send_signal(signal.SIGSTOP)
+                mine = {"lease.holder": {"$regex": f":{victim.pid}:"}}
+                held = [document["_id"] for document in db.jobs.find(mine, ["_id"])]
+                if held:
+                    break
+                victim.send_signal(signal.SIGCONT)
+                time.sleep(0.05)
+            victim.send_signal(signal.SIGKILL)
+            killed_at = time.time()
+            for worker in workers:
+                worker.wait(60)
+            runs = [*db.executions.find(), *db.duplicates.find()]
+            for job_id in held:
+                again = [e["at"] - 0.4 for e in runs if e["job"] == job_id and e["at"] - 0.4 > killed_at]
+                delays.append(min(again, default=float("inf")) - killed_at)
+        finally:
+            client.drop_database(database)
+            client.close()
+    delays.sort()
+    return {
+        "delays": delays,
+        "median": _percentile(delays, 0.5),
+        "max": delays[-1] if delays else float("nan"),
+    }
+
+
 def _percentile(values: list[float], fraction: float) -> float:
     if not values:
         return float("nan")
@@ -150,6 +205,7 @@ def run(uri: str, *, quick: bool, progress: Any) -> dict[str, Any]:
             uri, processes, mode, jobs=int(busy["jobs"]), interval=busy["interval"], seconds=busy["seconds"],
             work_seconds=busy["work"], warmup=WARMUP,
         )  # fmt: skip
+    failover = run_failover(uri, rounds=1 if quick else 3)
     spread = run_cluster(uri, 3, "shared", jobs=12, interval=1.0, seconds=6.0 if quick else 30.0,
                          work_seconds=0.4, apscheduler_defaults=True, warmup=WARMUP)  # fmt: skip
     plain, shared = results["single store"], results["shared x1"]
@@ -159,6 +215,7 @@ def run(uri: str, *, quick: bool, progress: Any) -> dict[str, Any]:
         "throughput_workload": busy,
         "throughput": throughput,
         "spread": spread,
+        "failover": failover,
         "loop_cost_ratio": _ratio(shared["loop_median"], plain["loop_median"]),
         "commands_ratio": _ratio(shared["commands_per_fire_time"], plain["commands_per_fire_time"]),
         "p99_ratio": _ratio(results["shared x4"]["lateness_p99"], plain["lateness_p99"]),
@@ -206,6 +263,14 @@ def render(shared: dict[str, Any]) -> str:
             f"busiest process ran {spread['busiest_share']:.0%} of {spread['executed']} fire times "
             f"(goal <= {GOALS['busiest share']:.0%}), {spread['misses']} missed, "
             f"{spread['duplicates']} duplicates, lateness p99 {spread['lateness_p99'] * 1000:.0f} ms",
+        ]
+    if "failover" in shared:
+        failover = shared["failover"]
+        lines += [
+            "",
+            f"Failover: 3 processes, 12 one-second jobs of 0.4 s, default lease (30 s), one SIGKILLed with "
+            f"runs in flight: its jobs ran again elsewhere after {failover['median']:.1f} s (median of "
+            f"{len(failover['delays'])}), {failover['max']:.1f} s at most (goal <= 3 s)",
         ]
     return "\n".join(lines)
 

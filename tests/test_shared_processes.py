@@ -78,31 +78,38 @@ def expected_fire_times(count: int, start: float, interval: float, until: float)
     return fire_times
 
 
-@pytest.mark.parametrize("client_before_fork", [False, True], ids=["store's own client", "client passed in"])
 def test_a_store_built_before_a_fork_runs_each_fire_time_once_in_its_children(
-    mongodb_uri: str, mongo_client: MongoClient[Any], database: str, client_before_fork: bool
+    mongodb_uri: str, mongo_client: MongoClient[Any], database: str
 ) -> None:
-    db, store, setup = prepare(mongo_client, database)
+    """Two parents at once: one builds the store with its own client, the other passes a client in;
+    each forks three children that start schedulers on the store it built."""
+    variants = {database: [], f"{database}_passed": ["--client-before-fork"]}
     start = dt.datetime.now(UTC) + dt.timedelta(seconds=2.5)
-    add_interval_jobs(store, setup, 8, 0.5, start)
-    options = ["--forks", "3", *(["--client-before-fork"] if client_before_fork else [])]
-    parent = worker(mongodb_uri, database, 6, *options)
-    out, _ = parent.communicate(timeout=60)
-    err = errors(parent)
-    assert parent.returncode == 0, err[-3000:]
-    assert "children [0, 0, 0]" in out
+    parents = {}
+    try:
+        for name, option in variants.items():
+            _, store, setup = prepare(mongo_client, name)
+            add_interval_jobs(store, setup, 8, 0.5, start)
+            parents[name] = worker(mongodb_uri, name, 6, "--forks", "3", *option)
+        for name, parent in parents.items():
+            out, _ = parent.communicate(timeout=60)
+            err = errors(parent)
+            assert parent.returncode == 0, err[-3000:]
+            assert "children [0, 0, 0]" in out
 
-    assert db.duplicates.count_documents({}) == 0, list(db.duplicates.find())
-    executions = list(db.executions.find())
-    seen = {(e["job"], round(e["run_time"], 3)) for e in executions}
-    missing = expected_fire_times(8, start.timestamp(), 0.5, start.timestamp() + 2.5) - seen
-    assert missing == set()
-    by_child = Counter(e["by"] for e in executions)
-    assert len(by_child) == 3, by_child  # each child has a holder id of its own, and a share
-    if client_before_fork:  # works, and says how to do it properly
-        assert err.count("was created in process") == 3 and "post_fork" in err
-    else:
-        assert "was created in process" not in err
+            db = mongo_client[name]
+            assert db.duplicates.count_documents({}) == 0, list(db.duplicates.find())
+            executions = list(db.executions.find())
+            seen = {(e["job"], round(e["run_time"], 3)) for e in executions}
+            assert expected_fire_times(8, start.timestamp(), 0.5, start.timestamp() + 2.5) - seen == set()
+            by_child = Counter(e["by"] for e in executions)
+            assert len(by_child) == 3, by_child  # each child has a holder id of its own, and a share
+            if variants[name]:  # a client passed in: works, and the store says how to do it properly
+                assert err.count("was created in process") == 3 and "post_fork" in err
+            else:  # the store's own client: replaced in each child, nothing to say
+                assert "was created in process" not in err
+    finally:
+        mongo_client.drop_database(f"{database}_passed")
 
 
 #: job groups of the failover test: (misfire_grace_time, coalesce), three jobs each
