@@ -56,6 +56,8 @@ __all__ = ["FORMAT_FIELD", "QUARANTINE_FIELD", "REVISION_FIELD", "MongoDBJobStor
 _shared_logger = logging.getLogger("jobshelf.shared")
 
 _SORT = [("next_run_time", ASCENDING), ("_id", ASCENDING)]
+# The earliest job: by time alone (a second sort key makes some servers sort the whole collection).
+_BY_TIME = [("next_run_time", ASCENDING)]
 #: Every option of MongoDBJobStore itself (anything else goes to MongoClient).
 _OPTIONS = CORE_OPTIONS | {"database", "collection", "client", "shared", "lease", "recheck", "dead_after",
                           "claim_limit"}  # fmt: skip
@@ -75,14 +77,13 @@ _READ_PROJECTION = ["job_state", FORMAT_FIELD, QUARANTINE_FIELD]
 _QUARANTINE_PROJECTION = ["job_state", FORMAT_FIELD, REVISION_FIELD, QUARANTINE_FIELD]
 # Shared mode: a finished job waiting for its last run to be reported, then deleted.
 _NOT_FINISHING = {f"{LEASE_FIELD}.remove": {"$ne": True}}
-# Every numeric next_run_time (a range only matches numbers: malformed values never come back).
-_SCHEDULED = {"next_run_time": {"$lte": float("inf")}}
 # A field of every quarantine record (its error's public name, a string), indexed to count them.
 _QUARANTINE_KEY = f"{QUARANTINE_FIELD}.error_type"
-# The earliest job is looked for in pages of these sizes (most often it is the first document).
+# The earliest job is looked for in pages of these sizes (most often it is the first document),
+# within these many seconds from now (a window widened until a job is found).
 _EARLIEST_PAGES = (4, 64, 512)
-# The stock store's query for the earliest job: faster than the range on some servers.
-_STOCK_SCHEDULED = {"next_run_time": {"$ne": None}}
+_EARLIEST_WINDOWS = (60.0, 3600.0, 7 * 86400.0, float("inf"))
+_EARLIEST_PROJECTION = ["next_run_time", FORMAT_FIELD, LEASE_FIELD, QUARANTINE_FIELD]
 
 
 class MongoDBJobStore(StoreCore):
@@ -364,34 +365,34 @@ class MongoDBJobStore(StoreCore):
 
     def _earliest(self, exclude: Collection[Any]) -> tuple[Any, Any] | None:
         """The earliest numeric ``next_run_time`` of a job in an accepted format (leaving out
-        ``exclude``; in shared mode also the due jobs another live process is running), read in
-        small pages of the index's order, the rest judged here: a plain range query with a
-        limit is what every server answers from its index."""
-        projection = ["next_run_time", FORMAT_FIELD, LEASE_FIELD, QUARANTINE_FIELD]
+        ``exclude``; in shared mode also the due jobs another live process is running).
+
+        Read in small pages of the index's order, within a window that widens (a minute, an hour,
+        a week, then everything) until a job is found: a bounded range with a limit is what every
+        server answers from its index without sorting the whole collection. The rest is judged
+        here."""
         claims = self._shared.claims if self._shared is not None else None
         now = time.time()
         document = None
-        conditions: dict[str, Any] = {**_SCHEDULED, QUARANTINE_FIELD: {"$exists": False}}
-        if exclude:  # rows the core will not run here (bounded: MAX_SUSPECTS)
-            conditions["_id"] = {"$nin": list(exclude)}
-        for size in _EARLIEST_PAGES:
-            page = list(self.collection.find(conditions, projection, sort=_SORT, limit=size))
-            for document in page:
-                if document.get("_id") in exclude:
-                    continue
-                if claims is not None and not claims.waits_for(document, now):
-                    continue
-                if claims is None and not self.accepts(document.get(FORMAT_FIELD)):
-                    continue
-                return document.get("next_run_time"), document.get("_id")
-            if len(page) < size:
-                return None
-        if claims is None:  # more of another store's jobs than a page holds: ask for ours only
-            ours = self.collection.find_one({**conditions, **self._accepted_filter()}, projection, sort=_SORT)
-            return (ours.get("next_run_time"), ours.get("_id")) if ours is not None else None
-        # more jobs left out than a page holds (running elsewhere): wake at the last one read rather
-        # than read further; the next pass looks again
-        return (document.get("next_run_time"), document.get("_id")) if document is not None else None
+        for ahead in _EARLIEST_WINDOWS:
+            window = {"next_run_time": {"$lte": now + ahead}}
+            for size in _EARLIEST_PAGES:
+                page = list(self.collection.find(window, _EARLIEST_PROJECTION, sort=_BY_TIME, limit=size))
+                for document in page:
+                    if document.get("_id") in exclude:
+                        continue
+                    if claims is not None and not claims.waits_for(document, now):
+                        continue
+                    if claims is None and not self.accepts(document.get(FORMAT_FIELD)):
+                        continue
+                    return document.get("next_run_time"), document.get("_id")
+                if len(page) < size:
+                    break  # every job in the window read and left out: widen it
+            else:
+                # more jobs left out than a page holds (running elsewhere, another store's): wake at
+                # the last one read rather than read further; the next pass looks again
+                return (document.get("next_run_time"), document.get("_id")) if document is not None else None
+        return None
 
     def _earliest_time(self) -> float | None:
         """The earliest next run time as stored (shared mode's re-check, without change streams)."""
