@@ -1,5 +1,6 @@
 """Cost that follows the due jobs, not the collection: each store operation timed at several
-collection sizes with the same ten jobs due (the stock store, jobshelf, jobshelf in shared mode).
+collection sizes with the same ten jobs due now and the rest one minute apart after them (the stock
+store, jobshelf, jobshelf in shared mode).
 
 ``python -m benchmarks.shared_scaling [--server nx|secantus] [--sizes 2000,20000,100000]``
 
@@ -36,20 +37,26 @@ STORES = ("stock", "jobshelf", "jobshelf shared")
 GROWTH_GOAL = 2.5
 
 
-def fill(client: MongoClient[Any], database: str, size: int) -> None:
-    """``size`` jobs one minute apart from START (the first ``DUE`` due at the measured time)."""
+def fill(client: MongoClient[Any], database: str, size: int) -> dt.datetime:
+    """``size`` jobs one minute apart, the first ``DUE`` due now (as in a live collection: the
+    earliest job is soon); returns the time to measure at."""
     collection = client[database].jobs
     collection.drop()
     scheduler = BackgroundScheduler(timezone=dt.timezone.utc)
+    now = dt.datetime.now(dt.timezone.utc)
+    first = now - dt.timedelta(minutes=DUE - 0.5)
     batch = []
     for job in workload(size, scheduler):
-        state = Binary(pickle.dumps(job.__getstate__(), pickle.HIGHEST_PROTOCOL))
-        batch.append({"_id": job.id, "next_run_time": job.next_run_time.timestamp(), "job_state": state})
+        state = job.__getstate__()
+        state["next_run_time"] = first + (job.next_run_time - START)  # the workload's times, moved to now
+        data = Binary(pickle.dumps(state, pickle.HIGHEST_PROTOCOL))
+        batch.append({"_id": job.id, "next_run_time": state["next_run_time"].timestamp(), "job_state": data})
         if len(batch) == 5000:
             collection.insert_many(batch, ordered=False)
             batch = []
     if batch:
         collection.insert_many(batch, ordered=False)
+    return now
 
 
 def _store(name: str, client: MongoClient[Any], database: str) -> Any:
@@ -58,9 +65,10 @@ def _store(name: str, client: MongoClient[Any], database: str) -> Any:
     return MongoDBJobStore(database=database, client=client, shared=name == "jobshelf shared")
 
 
-def measure(client: MongoClient[Any], database: str, name: str, rounds: int) -> dict[str, float]:
-    """Median seconds per operation for one store kind on the filled collection."""
-    now = START + dt.timedelta(minutes=DUE - 1)
+def measure(
+    client: MongoClient[Any], database: str, name: str, rounds: int, now: dt.datetime
+) -> dict[str, float]:
+    """Median seconds per operation for one store kind on the filled collection, at ``now``."""
     times: dict[str, list[float]] = {operation: [] for operation in OPERATIONS}
     for _ in range(rounds):
         scheduler = BackgroundScheduler(timezone=dt.timezone.utc)
@@ -91,9 +99,9 @@ def run(uri: str, sizes: list[int], rounds: int) -> dict[str, dict[int, dict[str
     results: dict[str, dict[int, dict[str, float]]] = {name: {} for name in STORES}
     try:
         for size in sizes:
-            fill(client, database, size)
+            now = fill(client, database, size)
             for name in STORES:
-                results[name][size] = measure(client, database, name, rounds)
+                results[name][size] = measure(client, database, name, rounds, now)
             print(f"  {size} jobs done", file=sys.stderr, flush=True)
     finally:
         client.drop_database(database)
