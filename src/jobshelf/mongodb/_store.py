@@ -375,7 +375,10 @@ class MongoDBJobStore(StoreCore):
         now = time.time()
         document = None
         for ahead in _EARLIEST_WINDOWS:
-            window = {"next_run_time": {"$lte": now + ahead}}
+            window: dict[str, Any] = {"next_run_time": {"$lte": now + ahead}}
+            window[QUARANTINE_FIELD] = {"$exists": False}
+            if exclude:  # rows the core will not run here (bounded by the core)
+                window["_id"] = {"$nin": list(exclude)}
             for size in _EARLIEST_PAGES:
                 page = list(self.collection.find(window, _EARLIEST_PROJECTION, sort=_BY_TIME, limit=size))
                 for document in page:
@@ -389,8 +392,15 @@ class MongoDBJobStore(StoreCore):
                 if len(page) < size:
                     break  # every job in the window read and left out: widen it
             else:
-                # more jobs left out than a page holds (running elsewhere, another store's): wake at
-                # the last one read rather than read further; the next pass looks again
+                if claims is None:  # more of another store's jobs than a page holds: ours only
+                    ours = self.collection.find_one(
+                        {**window, **self._accepted_filter()}, _EARLIEST_PROJECTION, sort=_BY_TIME
+                    )
+                    if ours is None:
+                        continue
+                    return ours.get("next_run_time"), ours.get("_id")
+                # more jobs left out than a page holds (running elsewhere): wake at the last one read
+                # rather than read further; the next pass looks again
                 return (document.get("next_run_time"), document.get("_id")) if document is not None else None
         return None
 
