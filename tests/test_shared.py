@@ -203,24 +203,29 @@ def prepare(client: MongoClient[Any], database: str) -> tuple[Any, MongoDBJobSto
     return db, store, setup
 
 
-def in_the_duplicate_window(db: Any, pid: int) -> bool:
-    """True when the process has run a fire time but not yet released its lease: the at-least-once
-    window the README documents, where a crash means that fire time runs again elsewhere."""
-    for document in db.jobs.find(
-        {"lease.holder": {"$regex": f":{pid}:"}, "lease.pending": {"$exists": True}}
-    ):
-        if db.executions.find_one({"job": document["_id"], "run_time": document["lease"]["pending"]}):
-            return True
-    return False
+def pending(db: Any, pid: int) -> list[tuple[str, float]]:
+    """The fire times the process has submitted and not released."""
+    found = db.jobs.find({"lease.holder": {"$regex": f":{pid}:"}, "lease.pending": {"$exists": True}})
+    return [(document["_id"], document["lease"]["pending"]) for document in found]
 
 
-def kill_outside_the_window(db: Any, process: Any) -> None:
+def recorded(db: Any, fire_times: list[tuple[str, float]]) -> list[tuple[str, float]]:
+    """Those of ``fire_times`` whose run is recorded (a run is recorded before its lease is
+    released: recorded and still pending is the at-least-once window the README documents, where a
+    crash means that fire time runs again elsewhere)."""
+    return [(job, t) for job, t in fire_times if db.executions.find_one({"job": job, "run_time": t})]
+
+
+def kill_outside_the_window(db: Any, process: Any) -> list[tuple[str, float]]:
+    """SIGKILL the process at a moment it is outside the at-least-once window; return the fire
+    times it had pending then."""
     for _ in range(200):
         process.send_signal(signal.SIGSTOP)
         time.sleep(0.05)
-        if not in_the_duplicate_window(db, process.pid):
+        held = pending(db, process.pid)
+        if not recorded(db, held):
             process.send_signal(signal.SIGKILL)
-            return
+            return held
         process.send_signal(signal.SIGCONT)
         time.sleep(0.01)
     raise AssertionError("the process never left the window")
@@ -239,7 +244,7 @@ def test_processes_run_each_fire_time_once_and_survive_a_kill(
     workers = start_workers(mongodb_uri, database, 3, seconds=16)
     time.sleep(9)  # about 5 s of firing
     victim = workers[0]
-    kill_outside_the_window(db, victim)
+    held = kill_outside_the_window(db, victim)
     killed_at = time.time()
     for worker in workers:
         worker.wait(60)
@@ -247,7 +252,10 @@ def test_processes_run_each_fire_time_once_and_survive_a_kill(
     assert [worker.returncode for worker in workers] == [-signal.SIGKILL, 0, 0]
 
     executions = list(db.executions.find())
-    assert db.duplicates.count_documents({}) == 0
+    # no fire time ran twice, unless a record the process had sent before it was stopped landed
+    # after the check: it was in the window after all
+    duplicates = [(d["job"], d["run_time"]) for d in db.duplicates.find()]
+    assert set(duplicates) <= set(recorded(db, held)), (duplicates, held)
     seen = {(e["job"], round(e["run_time"], 3)) for e in executions}
     missing = []
     for index in range(20):
@@ -258,7 +266,7 @@ def test_processes_run_each_fire_time_once_and_survive_a_kill(
             fire_time += 0.5
     assert missing == []
     assert len(executions) >= 20 * 16
-    by_victim = [e for e in executions if f":{victim.pid}" in e["by"]]
+    by_victim = [e for e in executions if e["by"].endswith(f":{victim.pid}")]
     assert by_victim, "the killed process ran nothing before it was killed"
     after_kill = {e["job"] for e in executions if e["run_time"] > killed_at + 3}
     assert after_kill == {f"job{index:02}" for index in range(20)}  # all carry on elsewhere
