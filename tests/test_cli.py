@@ -265,6 +265,20 @@ def test_signed_formats_read_with_keys_from_the_environment(
     unkeyed = run(mongodb_uri, database, "status")
     assert "signed+msgpack: needs the signing keys: set JOBSHELF_SIGNING_KEYS" in unkeyed.stdout
 
+    # beside them: two stock (untagged) pickles and one tagged "pickle": one line for pickle, and
+    # the jobs it cannot read are not counted as scheduled, nor as the earliest
+    stock, scheduler = StockStore(database=database, client=mongo_client), BackgroundScheduler(timezone=UTC)
+    stock.start(scheduler, "default")
+    for index, job_id in enumerate(["stock-0", "stock-1", "tagged"]):
+        stock.add_job(make_job(scheduler, job_id, next_run_time=T0 - dt.timedelta(minutes=index - 1)))
+    jobs = mongo_client[database].jobs
+    jobs.update_one({"_id": "tagged"}, {"$set": {FORMAT_FIELD: "pickle"}})
+    jobs.update_many({FORMAT_FIELD: "signed+msgpack"}, {"$set": {"next_run_time": T0.timestamp() - 3600}})
+    status = run(mongodb_uri, database, "status").stdout
+    assert "6 (3 scheduled, 0 paused, 0 quarantined, 3 in formats unreadable here)" in status, status
+    assert "pickle 3 (2 untagged, as the stock store writes), signed+msgpack 3" in status, status
+    assert f"{(T0 - dt.timedelta(minutes=1)).isoformat()} (job 'tagged')" in status, status
+
 
 def test_status_and_quarantine_commands(mongodb_uri: str, mongo_client: Any, database: str) -> None:
     fill_with_the_stock_store(mongo_client, database, 4)

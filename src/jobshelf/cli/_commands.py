@@ -7,12 +7,14 @@ import json
 import sys
 import zoneinfo
 from collections import Counter
+from collections.abc import Mapping
 from typing import Any
 
 import click
 from apscheduler.jobstores.base import JobLookupError
 from rich.table import Table
 
+from .._core.formats import UNTAGGED_FORMAT
 from .._exceptions import JobshelfError
 from ..mongodb import MongoDBJobStore
 from ..serializers.signed import SignedSerializer
@@ -50,10 +52,13 @@ def status(ctx: click.Context, /, **options: Any) -> None:
     """Counts per format and state, the earliest next run time, the largest job, the index."""
     connection, store = open_store(ctx, **options)
     views = [JobView(stored) for stored in store.stored_jobs()]  # nothing decoded
-    states = Counter(view.status for view in views)
+    unreadable = connection.unreadable
+    states = Counter("unreadable" if view.format in unreadable else view.status for view in views)
     utc = dt.timezone.utc
     scheduled = [
-        (when, view) for view in views if view.status == "scheduled" and (when := view.next_run_time(utc))
+        (when, view)
+        for view in views
+        if view.status == "scheduled" and view.format not in unreadable and (when := view.next_run_time(utc))
     ]
     earliest = min(scheduled, key=lambda pair: pair[0], default=None)
     largest = max(views, key=lambda view: view.size, default=None)
@@ -65,10 +70,10 @@ def status(ctx: click.Context, /, **options: Any) -> None:
     table.add_row(
         "jobs",
         f"{len(views)} ({states['scheduled']} scheduled, {states['paused']} paused, "
-        f"{states['quarantined']} quarantined)",
+        f"{states['quarantined']} quarantined"
+        + (f", {states['unreadable']} in formats unreadable here)" if states["unreadable"] else ")"),
     )
-    formats = sorted((tag_label(tag), count) for tag, count in connection.formats.items())
-    table.add_row("formats", ", ".join(f"{label} {count}" for label, count in formats) or "-")
+    table.add_row("formats", format_counts(connection.formats))
     if earliest is not None:
         when, view = earliest
         table.add_row("earliest next run", f"{when.isoformat()} (job {view.stored.id!r})")
@@ -83,6 +88,20 @@ def status(ctx: click.Context, /, **options: Any) -> None:
         table.add_row("unreadable here", f"{label}: {why}")
     history_rows(table, store)  # the last hour of the execution history, if there is one
     OUT.print(table)
+
+
+def format_counts(formats: Mapping[Any, int]) -> str:
+    """Jobs per format, untagged (stock) documents counted with the format they are in."""
+    counts: Counter[str] = Counter()
+    for tag, count in formats.items():
+        counts[tag_label(tag)] += count
+    parts = []
+    for label, count in sorted(counts.items()):
+        untagged = formats.get(None, 0) if label == UNTAGGED_FORMAT else 0
+        parts.append(
+            f"{label} {count}" + (f" ({untagged} untagged, as the stock store writes)" if untagged else "")
+        )
+    return ", ".join(parts) or "-"
 
 
 @cli.command(name="list")
