@@ -27,7 +27,7 @@ from pymongo import MongoClient
 
 from jobshelf import MongoDBJobStore
 
-from .helpers import UTC, RunLog, loop_is_alive, make_job
+from .helpers import UTC, RunLog, loop_is_alive, make_job, wait_for
 
 RUNS = RunLog()
 THREE_DAYS_AGO = time.time() - 3 * 86400
@@ -137,13 +137,17 @@ def test_hostile_leases_at_most_delay_their_own_job(
     assert all(loop_is_alive(scheduler) for scheduler in schedulers)
     heartbeats = RUNS["heartbeat"]
 
-    # the stores' own threads live on: both still check in (their records stay alive)
+    # the stores' own threads live on: both still check in (their records stay alive and move on)
     before = {record.holder: record.seen for record in stores[0].holders()}
-    time.sleep(1.5)
-    after = stores[0].holders()
-    assert len([r for r in after if r.alive]) == 2
-    assert all(r.seen is not None and r.seen > before[r.holder] for r in after if r.alive)
-    assert RUNS["heartbeat"] >= heartbeats + 3  # about 6 in 1.5 s: the heartbeat stays on time
+
+    def both_checked_in_again() -> bool:
+        alive = [r for r in stores[0].holders() if r.alive]
+        return len(alive) == 2 and all(r.seen is not None and r.seen > before[r.holder] for r in alive)
+
+    assert wait_for(both_checked_in_again, timeout=10), stores[0].holders()
+    assert RUNS.wait_until(
+        lambda counts: counts["heartbeat"] >= heartbeats + 3, timeout=10
+    )  # the heartbeat runs on
 
     # no run time the state does not have: every one is on the job's one-second grid from start
     with lock:
@@ -173,9 +177,12 @@ def test_hostile_liveness_records_do_not_stop_the_upkeep(
     mine = [r for r in store.holders() if r.holder == store.holder]
     assert len(mine) == 1 and mine[0].seen is not None
     first = mine[0].seen
-    time.sleep(1.5)
-    (again,) = [r for r in store.holders() if r.holder == store.holder]
-    assert again.seen is not None and again.seen > first  # still checking in
+
+    def checked_in_again() -> bool:
+        (again,) = [r for r in store.holders() if r.holder == store.holder]
+        return again.seen is not None and again.seen > first
+
+    assert wait_for(checked_in_again, timeout=10)  # still checking in
     assert loop_is_alive(scheduler)
     # every record is listed, malformed fields as None, none raising
     listed = {repr(r.holder): r for r in store.holders()}
