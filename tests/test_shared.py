@@ -147,10 +147,9 @@ def test_wakeups_use_a_change_stream_where_there_is_one(
 
 
 def test_without_change_streams_a_bounded_recheck_is_used(caplog: pytest.LogCaptureFixture) -> None:
-    from secantus import SecantusDBServer
-
     if os.environ.get("JOBSHELF_MONGODB_URI"):
         pytest.skip("starts its own standalone server (no replica set, so no change streams)")
+    from secantus import SecantusDBServer
     server = SecantusDBServer(port=0, storage_path=tempfile.mkdtemp(), replica_set_name=None)
     server.start()
     client: MongoClient[Any] = MongoClient(server.uri)
