@@ -35,12 +35,17 @@ def as_bool(name: str, value: Any) -> bool:
     raise ValueError(f"{name} must be true or false, got {value!r}")
 
 
-def as_number(name: str, value: Any, *, integer: bool = False, minimum: float = 0.0) -> Any:
-    """``value`` as a finite number above ``minimum`` (a string is parsed).
+def as_number(
+    name: str, value: Any, *, integer: bool = False, minimum: float = 0.0, maximum: float | None = None
+) -> Any:
+    """``value`` as a finite number above ``minimum`` and at most ``maximum`` (a string is parsed).
 
     :raises ValueError: naming the option and what it takes
     """
     kind = "a whole number" if integer else "a number"
+    takes = f"{kind} greater than {minimum:g}" + (
+        f" and at most {maximum:.0f}" if maximum is not None else ""
+    )
     parsed: Any = value
     if isinstance(value, str):
         try:
@@ -52,9 +57,9 @@ def as_number(name: str, value: Any, *, integer: bool = False, minimum: float = 
         or not isinstance(parsed, (int, float))
         or (integer and not isinstance(parsed, int))
     ):
-        raise ValueError(f"{name} must be {kind} greater than {minimum:g}, got {value!r}")
-    if not math.isfinite(parsed) or parsed <= minimum:
-        raise ValueError(f"{name} must be {kind} greater than {minimum:g}, got {value!r}")
+        raise ValueError(f"{name} must be {takes}, got {value!r}")
+    if not math.isfinite(parsed) or parsed <= minimum or (maximum is not None and parsed > maximum):
+        raise ValueError(f"{name} must be {takes}, got {value!r}")
     return parsed
 
 

@@ -78,9 +78,9 @@ class Reading(StorageAdapter):
         formats = self._formats
         for row in rows:
             # Quarantined jobs are out of the schedule; unaccepted formats belong to other stores.
-            if row.quarantined or ((row.format is None or type(row.format) is str) and not formats.accepts(
-                row.format
-            )):
+            if row.quarantined or (
+                (row.format is None or type(row.format) is str) and not formats.accepts(row.format)
+            ):
                 if now is not None:  # read as due, never run here: its index must not wake the loop
                     self._remember_suspect(row.id, None)
                 continue

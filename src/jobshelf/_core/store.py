@@ -35,9 +35,12 @@ __all__ = ["CORE_OPTIONS", "DEFAULT_MAX_STATE_BYTES", "StoreCore"]
 #: The default ``max_state_bytes``: what fits in a 16 MiB MongoDB document beside its other fields.
 DEFAULT_MAX_STATE_BYTES = 16 * 1024 * 1024 - 16 * 1024
 #: The options every jobshelf store takes.
-CORE_OPTIONS = frozenset(
-    {"serializer", "accept", "pickle_protocol", "allowed_callables", "allow_by_value", "max_state_bytes"}
-) | HISTORY_OPTIONS
+CORE_OPTIONS = (
+    frozenset(
+        {"serializer", "accept", "pickle_protocol", "allowed_callables", "allow_by_value", "max_state_bytes"}
+    )
+    | HISTORY_OPTIONS
+)
 
 
 class StoreCore(HistoryOperations, OperatorTools, BaseJobStore):  # type: ignore[misc]

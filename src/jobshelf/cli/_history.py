@@ -89,13 +89,24 @@ def _exists(reader: MongoDBJobStore) -> bool:
 @connection_options
 @click.argument("job_id", required=False)
 @click.option("--failed", is_flag=True, help="only runs that did not succeed: error, missed, skipped")
-@click.option("--since", "since_text", default=None, metavar="WHEN",
-              help="only fire times since WHEN: 30m, 1h, 2d, 1w, or an ISO date-time (UTC unless it says)")
-@click.option("--duplicates", is_flag=True,
-              help="only fire times that ran more than once (every record of each)")
+@click.option(
+    "--since",
+    "since_text",
+    default=None,
+    metavar="WHEN",
+    help="only fire times since WHEN: 30m, 1h, 2d, 1w, or an ISO date-time (UTC unless it says)",
+)
+@click.option(
+    "--duplicates", is_flag=True, help="only fire times that ran more than once (every record of each)"
+)
 @click.option("--limit", default=100, show_default=True, type=click.IntRange(min=1), help="at most this many")
-@click.option("--history", "history_name", default=None, metavar="COLLECTION",
-              help="the history collection, as history= names it (default: <collection>_runs)")
+@click.option(
+    "--history",
+    "history_name",
+    default=None,
+    metavar="COLLECTION",
+    help="the history collection, as history= names it (default: <collection>_runs)",
+)
 @click.option("--json", "as_json", is_flag=True, help="one JSON array of objects (stable keys, ASCII)")
 @click.option("--tz", "tz_name", default="UTC", show_default=True, help="zone to show fire times in")
 @click.pass_context  # fmt: skip

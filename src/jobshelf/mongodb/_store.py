@@ -68,6 +68,10 @@ _SHARED_DEFAULTS = {
     "dead_after": DEFAULT_DEAD_AFTER,
     "claim_limit": DEFAULT_CLAIM_LIMIT,
 }
+#: The longest lease, dead_after and recheck (seconds): a year.
+_MAX_SECONDS = 365 * 86400.0
+#: The shortest lease (seconds): a claim is not renewed until the loop writes its job back.
+_MIN_LEASE = 1.0
 #: MongoClient's own parameters (its other options are checked with pymongo's validator).
 _CLIENT_PARAMETERS = frozenset({"host", "port", "document_class", "tz_aware", "connect", "type_registry"})
 _STORED_PROJECTION = ["next_run_time", "job_state", FORMAT_FIELD, QUARANTINE_FIELD]
@@ -177,7 +181,12 @@ class MongoDBJobStore(StoreCore):
         if shared:  # what is not given takes its default (None: not given, so shared=False can tell)
             given = {n: _SHARED_DEFAULTS[n] if v is None else v for n, v in given.items()}
             for name in ("lease", "recheck", "dead_after"):
-                given[name] = as_number(name, given[name])
+                given[name] = as_number(name, given[name], maximum=_MAX_SECONDS)
+            if given["lease"] < _MIN_LEASE:
+                raise ValueError(
+                    f"lease must be at least {_MIN_LEASE:g} second, got {given['lease']!r}: a claim must "
+                    "outlast a scheduler pass, or a fire time runs twice"
+                )
             given["claim_limit"] = as_number("claim_limit", given["claim_limit"], integer=True)
         elif any(v is not None for v in given.values()):
             options = ", ".join(f"{n}={v!r}" for n, v in given.items() if v is not None)
