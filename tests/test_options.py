@@ -63,7 +63,7 @@ def test_numbers_from_configuration_files_are_parsed() -> None:
 @pytest.mark.parametrize(
     ("options", "message"),
     [({"shared": "maybe"}, "shared must be true or false, got 'maybe'"),
-     ({"shared": True, "lease": "soon"}, "lease must be a number greater than 0 and at most 31536000, got 's"),
+     ({"shared": True, "lease": "soon"}, "lease must be a number greater than 0 and at most 31536000, got '"),
      ({"shared": True, "lease": 0}, "lease must be a number greater than 0 and at most 31536000, got 0"),
      ({"shared": True, "lease": 0.5}, "lease must be at least 1 second, got 0.5: a claim must outlast"),
      ({"shared": True, "lease": 1e11}, "lease must be a number .* at most 31536000, got 100000000000.0"),
