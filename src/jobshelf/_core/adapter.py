@@ -38,6 +38,11 @@ class StorageAdapter(abc.ABC):
     def _prepare(self) -> None:  # noqa: B027 - optional
         """Create indexes or whatever the storage needs at ``start()``."""
 
+    def _looked_up(self, row: Row, next_run_time: float | None) -> None:  # noqa: B027 - optional
+        """The application read ``row`` with ``lookup_job`` (its state says ``next_run_time``);
+        an adapter whose jobs other processes change may bind the next write of it to what was
+        read (APScheduler's ``modify_job`` reads, changes and writes back on one thread)."""
+
     # ------------------------------------------------------------------ reads
 
     @abc.abstractmethod

@@ -173,7 +173,13 @@ class StoreCore(HistoryOperations, OperatorTools, BaseJobStore):  # type: ignore
         if row is None:
             return None
         jobs = self._rows_to_jobs((row,))
-        return jobs[0] if jobs else None
+        if not jobs:
+            return None
+        job = jobs[0]
+        if not self._in_loop():
+            next_run_time = job.next_run_time
+            self._looked_up(row, None if next_run_time is None else datetime_to_utc_timestamp(next_run_time))
+        return job
 
     def get_due_jobs(self, now: dt.datetime) -> list[Job]:
         """Jobs due at ``now`` by their decoded state, by next run time then id."""

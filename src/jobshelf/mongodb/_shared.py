@@ -32,6 +32,7 @@ from apscheduler.job import Job
 
 from .._core import Row
 from ._claims import ClaimedJob, Claims, LeaseUpkeep
+from ._concurrent import LookupMarks
 from ._leases import ClaimBook, HolderWrite, WriteMode
 from ._liveness import Heartbeat, HolderRegistry, holder_id
 from ._registration import RegistrationMarks
@@ -75,6 +76,7 @@ class SharedMode:
         self._projection = projection
         self.book = ClaimBook()
         self.marks = RegistrationMarks()
+        self.lookups = LookupMarks()
         self.holder: str | None = None
         self.claims: Claims | None = None
         self.registry: HolderRegistry | None = None

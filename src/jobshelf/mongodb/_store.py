@@ -13,7 +13,7 @@ import os
 import pickle
 import time
 import warnings
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import Any
 
 from apscheduler.job import Job
@@ -36,6 +36,7 @@ from .._core.reading import as_timestamp
 from .._exceptions import SerializationError
 from .._serializer import SerializerSpec
 from . import _forking
+from ._concurrent import ConcurrentChanges, is_revision
 from ._fields import FORMAT_FIELD, QUARANTINE_FIELD, REVISION_FIELD
 from ._history import MongoHistorySink
 from ._leases import LEASE_FIELD, WriteMode
@@ -483,6 +484,24 @@ class MongoDBJobStore(StoreCore):
             raise _too_large(record, exc) from exc
         return True
 
+    def _looked_up(self, row: Row, next_run_time: float | None) -> None:
+        if self._shared is not None:
+            self._shared.lookups.mark(row.id, row.revision, next_run_time)
+
+    def _concurrent(self) -> ConcurrentChanges:
+        return ConcurrentChanges(self.collection, decode=self._decode_state, encode=self._encode_merged,
+                                 document=_document)  # fmt: skip
+
+    def _encode_merged(self, state: dict[str, Any], stored_format: Any) -> WriteRecord:
+        """A merged state (see :mod:`._concurrent`), in this store's format, else in the stored one."""
+        try:
+            return self._encode_state(state, self._format)
+        except SerializationError:
+            stored = self._formats.get(stored_format) if type(stored_format) is str else None
+            if stored is None or stored is self._format:
+                raise
+            return self._encode_state(state, stored)
+
     def _replace(self, record: WriteRecord) -> bool:
         document = _document(record)
         del document["_id"]
@@ -490,21 +509,29 @@ class MongoDBJobStore(StoreCore):
         update: dict[str, Any] = {"$set": document, "$unset": {QUARANTINE_FIELD: ""}}
         shared = self._shared
         write = shared.begin_write(record.id, in_loop=self._in_loop()) if shared is not None else None
+        lease: dict[str, Any] = {}
         if write is not None and shared is not None and shared.claims is not None:
             if write.mode is WriteMode.APPLICATION:
+                looked = shared.lookups.take(record.id)
                 if shared.marks.take(record.id, record.data) and self._registered_unchanged(record):
                     return True  # the same job registered again: the stored schedule and lease stand
                 update["$unset"][LEASE_FIELD] = ""  # an application's change releases any lease
+                if looked is not None and is_revision(looked.revision):
+                    return self._replace_looked_up(record, condition, update, looked)
             else:  # the holder, after submitting: only while it holds the lease
                 condition = shared.claims.held(record.id, write.token)
                 if write.mode is WriteMode.RUN_OVER:
-                    document.update(shared.claims.released())
+                    lease = shared.claims.released()
                 else:
-                    document.update(shared.claims.lease_fields(write.token, write.fire_time))
+                    lease = shared.claims.lease_fields(write.token, write.fire_time)
+                document.update(lease)
         elif write is not None and write.mode is WriteMode.APPLICATION:
             update["$unset"][LEASE_FIELD] = ""
         try:
             matched = bool(self.collection.update_one(condition, update).matched_count)
+            if not matched and lease and write is not None and shared is not None and shared.registry:
+                # refused: changed by the application meanwhile, unless another process holds it
+                matched = self._holder_over_change(record, write.fire_time, lease, shared)
         except DocumentTooLarge as exc:
             self._end_write(record.id, write, written=False)
             raise _too_large(record, exc) from exc
@@ -515,6 +542,52 @@ class MongoDBJobStore(StoreCore):
         if not matched and write is not None and write.mode is not WriteMode.APPLICATION:
             return self._kept_by_another_holder(record.id)
         return matched
+
+    def _holder_over_change(self, record: WriteRecord, fire_time: float, lease: dict[str, Any],
+                            shared: SharedMode) -> bool:  # fmt: skip
+        registry = shared.registry
+        if registry is None or shared.holder is None:
+            return False
+        try:
+            return self._concurrent().holder_over_change(record, fire_time, lease, me=shared.holder,
+                                                         dead=registry.dead)  # fmt: skip
+        except (DocumentTooLarge, SerializationError) as exc:
+            self._logger.warning('Job "%s": its change by another process could not be merged with this '
+                                 "run's next run time (%s)", record.id, exc)  # fmt: skip
+            return False
+
+    def _updater(self, update: dict[str, Any]) -> Callable[[dict[str, Any]], bool]:
+        return lambda condition: bool(self.collection.update_one(condition, update).matched_count)
+
+    def _deleter(self, condition: dict[str, Any]) -> bool:
+        return bool(self.collection.delete_one(condition).deleted_count)
+
+    def _finish_over_change(
+        self, job_id: Any, fire_time: float, finish: Callable[[dict[str, Any]], bool]
+    ) -> bool:
+        shared = self._shared
+        if shared is None or shared.registry is None or shared.holder is None:
+            return False
+        return self._concurrent().finished_over_change(job_id, fire_time, finish, me=shared.holder,
+                                                       dead=shared.registry.dead)  # fmt: skip
+
+    def _replace_looked_up(
+        self, record: WriteRecord, condition: dict[str, Any], update: dict[str, Any], looked: Any
+    ) -> bool:
+        """The application's write of a job it read with ``lookup_job``: bound to the revision it
+        read. If another process ran the job since, the change is merged (see
+        :mod:`._concurrent`); if the application moved the schedule itself, it is written as is."""
+        try:
+            if self.collection.update_one(
+                {**condition, REVISION_FIELD: looked.revision}, update
+            ).matched_count:
+                return True
+            merged = self._concurrent().application_over_change(record, looked)
+        except DocumentTooLarge as exc:
+            raise _too_large(record, exc) from exc
+        if merged is not None:
+            return merged
+        return bool(self.collection.update_one(condition, update).matched_count)
 
     def _registered_unchanged(self, record: WriteRecord) -> bool:
         """Shared mode, ``add_job(replace_existing=True)`` of a job that exists: True when its
@@ -547,13 +620,19 @@ class MongoDBJobStore(StoreCore):
                 finishing = {"next_run_time": None, **lease}
                 try:
                     written = bool(self.collection.update_one(held, {"$set": finishing}).matched_count)
+                    if not written:  # changed by the application meanwhile: finished all the same
+                        written = self._finish_over_change(
+                            job_id, write.fire_time, self._updater({"$set": finishing})
+                        )
                 except BaseException:
                     self._end_write(job_id, write, written=False)
                     raise
                 self._end_write(job_id, write, written=written)
                 return written or self._kept_by_another_holder(job_id)
             if write.mode is WriteMode.RUN_OVER:
-                deleted = bool(self.collection.delete_one(held).deleted_count)
+                deleted = self._deleter(held) or self._finish_over_change(
+                    job_id, write.fire_time, self._deleter
+                )
                 return deleted or self._kept_by_another_holder(job_id)
         return bool(self.collection.delete_one({"_id": job_id}).deleted_count)
 
