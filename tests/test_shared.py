@@ -313,11 +313,18 @@ def test_a_job_added_by_a_short_lived_process_runs_on_time(
     assert db.jobs.find_one({"_id": "date-job"}) is None  # a date job is removed after its run
 
 
-def register(client: MongoClient[Any], database: str, **trigger: Any) -> BackgroundScheduler:
+class Settings:
+    """A job argument of a class without ``__eq__``: two equal ones compare by identity."""
+
+    def __init__(self, retries: int) -> None:
+        self.retries = retries
+
+
+def register(client: MongoClient[Any], database: str, *args: Any, **trigger: Any) -> BackgroundScheduler:
     """What a web app's worker does at start: register its job with a fixed id."""
     store = MongoDBJobStore(database=database, client=client, shared=True)
     scheduler = BackgroundScheduler(timezone=UTC, jobstores={"default": store})
-    scheduler.add_job(dummy_job, "interval", id="registered", replace_existing=True, **trigger)
+    scheduler.add_job(dummy_job, "interval", args=args, id="registered", replace_existing=True, **trigger)
     scheduler.start(paused=True)  # the job is stored now; nothing runs
     return scheduler
 
@@ -347,6 +354,23 @@ def test_registering_an_unchanged_job_again_keeps_its_schedule_and_lease(
         replaced = jobs.find_one({"_id": "registered"})
         assert "lease" not in replaced and replaced["job_state"] != again["job_state"]
         assert replaced["next_run_time"] == pytest.approx(time.time() + 13 * 7 * 86400, abs=10)
+    finally:
+        for scheduler in workers:
+            scheduler.shutdown(wait=False)
+
+
+def test_registering_again_with_arguments_that_compare_by_identity_keeps_the_schedule(
+    shared: Any, mongo_client: MongoClient[Any], database: str
+) -> None:
+    jobs = mongo_client[database].jobs
+    workers = [register(mongo_client, database, Settings(3), weeks=26)]
+    try:
+        workers[0].pause_job("registered")
+        paused = jobs.find_one({"_id": "registered"})
+        workers.append(register(mongo_client, database, Settings(3), weeks=26))  # equal, not ==
+        assert jobs.find_one({"_id": "registered"}) == paused  # still paused: nothing written
+        workers.append(register(mongo_client, database, Settings(5), weeks=26))  # a changed argument
+        assert jobs.find_one({"_id": "registered"})["next_run_time"] is not None  # replaced
     finally:
         for scheduler in workers:
             scheduler.shutdown(wait=False)

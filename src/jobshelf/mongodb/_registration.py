@@ -8,12 +8,15 @@ or not) and any lease stand. A changed definition replaces the stored job, as in
 
 The definition is the job's state without ``next_run_time``; an interval trigger's ``start_date``
 and a calendar-interval trigger's are left out when they are the defaults APScheduler filled in at
-registration (now plus the interval; today), since those change at every registration.
+registration (now plus the interval; today), since those change at every registration. Job
+arguments that differ by ``==`` but pickle to the same bytes (instances of a class without
+``__eq__``, compared by identity) are the same.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import pickle
 import threading
 from typing import Any
 
@@ -24,6 +27,8 @@ from .._compare import state_difference
 
 __all__ = ["RegistrationMarks", "definition_difference"]
 
+#: The pickle protocol arguments are compared with (fixed: the bytes of one protocol compare).
+_PROTOCOL = 4
 #: How close to "now plus the interval" a start date must be to count as the default (seconds).
 _DEFAULT_START_SLACK = 60.0
 
@@ -50,6 +55,9 @@ def definition_difference(stored: dict[str, Any], registered: dict[str, Any]) ->
     """``None`` when ``registered`` defines the same job as ``stored``; else how they differ."""
     left = {key: value for key, value in stored.items() if key != "next_run_time"}
     right = {key: value for key, value in registered.items() if key != "next_run_time"}
+    for key in ("args", "kwargs"):  # objects without __eq__ (compared by identity) that pickle alike
+        if left.get(key) != right.get(key) and _pickle_alike(left.get(key), right.get(key)):
+            right[key] = left[key]
     old, new = left.get("trigger"), right.get("trigger")
     if old is not None and new is not None and type(old) is type(new):
         old_state, new_state = old.__getstate__(), new.__getstate__()
@@ -57,6 +65,14 @@ def definition_difference(stored: dict[str, Any], registered: dict[str, Any]) ->
             new_state["start_date"] = old_state.get("start_date")
         left["trigger"], right["trigger"] = old_state, new_state
     return state_difference(left, right, "job")
+
+
+def _pickle_alike(old: Any, new: Any) -> bool:
+    """The same value by its pickled form: how APScheduler itself stores job arguments."""
+    try:
+        return pickle.dumps(old, _PROTOCOL) == pickle.dumps(new, _PROTOCOL)
+    except Exception:  # unpicklable: as compared
+        return False
 
 
 def _defaulted_start(trigger: Any) -> bool:
