@@ -29,8 +29,8 @@ from .._jobstate import state_to_job
 from .._policy import CallablePolicy, bounded_next_fire_time, validate_state
 from .._serializer import decode_with
 from .adapter import StorageAdapter
-from .formats import FormatTable
-from .rows import Row
+from .formats import Format, FormatTable
+from .rows import Row, WriteRecord
 
 __all__ = ["MAX_SUSPECTS", "Reading", "as_timestamp"]
 
@@ -55,6 +55,7 @@ class Reading(StorageAdapter):
     """The read half of the store core (mixed into :class:`~.store.StoreCore`)."""
 
     _formats: FormatTable
+    _format: Format
     _policy: CallablePolicy
     _logger: logging.Logger
     _scheduler: Any
@@ -65,6 +66,9 @@ class Reading(StorageAdapter):
 
     def _quarantine_row(self, row: Row, exc: BaseException, *, warn: bool = True) -> None:
         raise NotImplementedError  # the quarantine operations'
+
+    def _encode_state(self, state: dict[str, Any], target: Format) -> WriteRecord:
+        raise NotImplementedError  # the store's
 
     def _init_reading(self) -> None:
         # rows whose index disagrees with their state and could not be rewritten: id -> the
@@ -89,14 +93,18 @@ class Reading(StorageAdapter):
             except Exception as exc:
                 self._quarantine_row(row, exc)
                 continue
-            if catch_up is not None and now is not None:
+            caught_up = catch_up is not None and now is not None
+            if caught_up and catch_up is not None:
                 state = self._catch_up(row, state, catch_up)
             fire_time = self._fire_time(row, state)
             state_time = _state_time(state)
             if now is not None:
                 due = fire_time is not None and fire_time <= now
                 if not due:
-                    self._distrust_index(row, state)
+                    # caught up to a time still ahead (a jittered trigger): stored as caught up,
+                    # so the next pass does not catch up again, to a new time ahead, for ever
+                    if not (caught_up and self._store_caught_up(row, state)):
+                        self._distrust_index(row, state)
                     continue
             try:
                 job = state_to_job(state, self._scheduler, self._alias)
@@ -144,6 +152,14 @@ class Reading(StorageAdapter):
             row.id, state["next_run_time"], catch_up,
         )  # fmt: skip
         return {**state, "next_run_time": catch_up}
+
+    def _store_caught_up(self, row: Row, state: dict[str, Any]) -> bool:
+        """Write a caught-up state over ``row`` if it is unchanged; whether it was written."""
+        try:
+            return self._replace_unchanged(row, self._encode_state(state, self._format))
+        except Exception as exc:
+            self._logger.debug("could not store job %r as caught up: %s", row.id, exc)
+            return False
 
     def _distrust_index(self, row: Row, state: dict[str, Any]) -> None:
         """A row read as due whose state is not: rewrite its index from the state, or remember
