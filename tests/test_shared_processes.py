@@ -138,6 +138,20 @@ def in_flight(db: Any, pid: int, among: Held | None = None) -> Held:
     return [(job_id, fire_time, (job_id, fire_time) in recorded) for job_id, fire_time, _ in among]
 
 
+def kill_holding_a_run(db: Any, victim: subprocess.Popen[str], tries: int = 60) -> tuple[Held, float]:
+    """Stop the process at a moment it holds a run in flight, read what it holds, SIGKILL it;
+    return what it held and when it was killed."""
+    for _ in range(tries):
+        victim.send_signal(signal.SIGSTOP)
+        held = in_flight(db, victim.pid)
+        if any(not finished for _, _, finished in held):
+            break
+        victim.send_signal(signal.SIGCONT)
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    return held, time.time()
+
+
 def test_work_spreads_and_a_killed_holders_jobs_run_elsewhere_within_seconds(
     mongodb_uri: str, mongo_client: MongoClient[Any], database: str
 ) -> None:
@@ -162,15 +176,7 @@ def test_work_spreads_and_a_killed_holders_jobs_run_elsewhere_within_seconds(
     time.sleep(max(0.0, spread_until + 0.2 - time.time()))  # while runs are going on
 
     victim = workers[0]
-    for _ in range(40):  # stop it while it holds runs in flight, read them, then kill it
-        victim.send_signal(signal.SIGSTOP)
-        held = in_flight(db, victim.pid)
-        if any(not finished for _, _, finished in held):
-            break
-        victim.send_signal(signal.SIGCONT)
-        time.sleep(0.05)
-    victim.send_signal(signal.SIGKILL)
-    killed_at = time.time()
+    held, killed_at = kill_holding_a_run(db, victim)
     for process in workers:
         process.communicate(timeout=60)
     assert [process.returncode for process in workers] == [-signal.SIGKILL, 0, 0]
@@ -247,15 +253,7 @@ def test_registration_at_every_worker_start_survives_a_kill_and_a_reload(
     time.sleep(3.2)
     victim = workers[0]
     me = f":{victim.pid}"
-    for _ in range(60):  # kill it while it holds runs in flight
-        victim.send_signal(signal.SIGSTOP)
-        held = in_flight(db, victim.pid)
-        if any(not finished for _, _, finished in held):
-            break
-        victim.send_signal(signal.SIGCONT)
-        time.sleep(0.05)
-    victim.send_signal(signal.SIGKILL)
-    killed_at = time.time()
+    held, killed_at = kill_holding_a_run(db, victim)
     workers.append(worker(mongodb_uri, database, 16 - (time.time() - began), *options))  # its replacement
     time.sleep(3)
     workers[1].send_signal(signal.SIGTERM)  # a graceful reload: stop (waiting for its runs), then a new one

@@ -33,7 +33,7 @@ from .._core import (
 from .._core.history import DEFAULT_HISTORY_BUFFER, DEFAULT_HISTORY_TTL
 from .._core.options import as_bool, as_number
 from .._core.reading import as_timestamp
-from .._exceptions import SerializationError
+from .._exceptions import JobshelfError, SerializationError
 from .._serializer import SerializerSpec
 from . import _forking
 from ._concurrent import ConcurrentChanges, is_revision
@@ -551,7 +551,7 @@ class MongoDBJobStore(StoreCore):
         try:
             return self._concurrent().holder_over_change(record, fire_time, lease, me=shared.holder,
                                                          dead=registry.dead)  # fmt: skip
-        except (DocumentTooLarge, SerializationError) as exc:
+        except (DocumentTooLarge, JobshelfError) as exc:
             self._logger.warning('Job "%s": its change by another process could not be merged with this '
                                  "run's next run time (%s)", record.id, exc)  # fmt: skip
             return False
