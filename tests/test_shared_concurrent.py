@@ -210,3 +210,22 @@ def test_a_forged_lease_token_does_not_run_a_fire_time_twice(schedulers: Any) ->
     assert RUNS.wait_until(lambda counts: counts["j"] >= 1, timeout=10)
     assert wait_for(lambda: stored(app_store, "j").next_run_time == first + HOUR, timeout=10)
     assert RUNS.counts() == {"j": 1, "j:first": 1}
+
+
+def test_a_change_to_a_job_quarantined_since_it_was_read_is_written(schedulers: Any) -> None:
+    """Another process quarantined the job (its stored state became unreadable) between the
+    application's read and its write: the change is written as it is, as without shared mode."""
+    app, app_store = schedulers(paused=True)
+    add(app, "j")
+    _, other = schedulers(paused=True)
+
+    def broken_and_quarantined() -> None:
+        app_store.collection.update_one(
+            {"_id": "j"}, {"$set": {"job_state": b"not a pickle", "job_state_rev": 7}}
+        )
+        assert other.lookup_job("j") is None  # read by another process: quarantined
+
+    app_store.after_lookup = broken_and_quarantined
+    app.modify_job("j", kwargs={"label": "changed"})
+    job = stored(app_store, "j")
+    assert job.kwargs == {"label": "changed"} and app_store.get_quarantined_jobs() == []

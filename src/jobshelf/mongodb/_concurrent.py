@@ -137,8 +137,8 @@ class ConcurrentChanges:
             return None
         for _ in range(_ATTEMPTS):
             found = self._read(record.id)
-            if found is None:
-                return False
+            if found is None:  # gone; or nothing to merge with (quarantined meanwhile): written as is
+                return None if self.collection.find_one({"_id": record.id}, ["_id"]) is not None else False
             document, stored = found
             state = self._decode(Row(record.id, record.data, record.format))
             state["next_run_time"] = stored.get("next_run_time")
