@@ -30,7 +30,7 @@ from typing import Any, NamedTuple, Optional
 from pymongo import ASCENDING
 from pymongo.errors import PyMongoError
 
-from ._fields import FORMAT_FIELD, QUARANTINE_FIELD, REVISION_FIELD
+from ._fields import FORMAT_FIELD, QUARANTINE_FIELD, REVISION_FIELD, is_integer
 from ._leases import LEASE_FIELD, ClaimBook, Lease, is_held_by_others, read_lease
 
 __all__ = ["ClaimedJob", "Claims", "Found", "LeaseUpkeep"]
@@ -213,7 +213,9 @@ class Claims:
             self._refused = {key: until for key, until in self._refused.items() if until > clock}
         for document in documents:
             job_id, revision = document.get("_id"), document.get(REVISION_FIELD)
-            if not (type(job_id) is str or _integer(job_id)) or not (revision is None or _integer(revision)):
+            if not (type(job_id) is str or is_integer(job_id)) or not (
+                revision is None or is_integer(revision)
+            ):
                 continue  # no claim condition can name it safely: left alone
             if QUARANTINE_FIELD in document or not self._accepts(document.get(FORMAT_FIELD)):
                 continue  # out of the schedule, or another store's
@@ -351,7 +353,7 @@ def _odd_lease(document: dict[str, Any]) -> dict[str, Any] | None:
         return {LEASE_FIELD: {"$type": "array"}}
     if isinstance(value, dict):
         token = value.get("token")
-        if token is None or (isinstance(token, int) and not isinstance(token, bool)):
+        if token is None or is_integer(token):
             return None
         return {f"{LEASE_FIELD}.token": {"$type": _BSON_TYPES.get(type(token), "minKey")}}
     return None
@@ -376,7 +378,7 @@ def _token(document: dict[str, Any]) -> Any:
     """The lease token as stored: an integer, or ``None`` (no lease, or a lease without one)."""
     value = document.get(LEASE_FIELD)
     token = value.get("token") if isinstance(value, dict) else None
-    return token if isinstance(token, int) and not isinstance(token, bool) else None
+    return token if is_integer(token) else None
 
 
 def _spread(free: list[Any], rank: int, width: int) -> list[Any]:
@@ -395,12 +397,7 @@ def _late(document: dict[str, Any], now: float) -> bool:
 
 
 def _number(value: Any) -> float | None:
-    return float(value) if type(value) is float or _integer(value) else None
-
-
-def _integer(value: Any) -> bool:
-    """An integer as pymongo reads one (``int`` or ``bson.Int64``), not a ``bool``."""
-    return isinstance(value, int) and not isinstance(value, bool)
+    return float(value) if type(value) is float or is_integer(value) else None
 
 
 class LeaseUpkeep(threading.Thread):

@@ -29,10 +29,10 @@ from typing import Any, NamedTuple
 from apscheduler.util import datetime_to_utc_timestamp, utc_timestamp_to_datetime
 
 from .._core import Row, WriteRecord
-from ._fields import FORMAT_FIELD, QUARANTINE_FIELD, REVISION_FIELD
+from ._fields import FORMAT_FIELD, QUARANTINE_FIELD, REVISION_FIELD, is_integer
 from ._leases import LEASE_FIELD, is_held_by_others, read_lease
 
-__all__ = ["ConcurrentChanges", "LookupMarks", "is_revision"]
+__all__ = ["ConcurrentChanges", "LookupMarks"]
 
 logger = logging.getLogger("jobshelf.shared")
 
@@ -152,7 +152,7 @@ class ConcurrentChanges:
         """The document and its decoded state; ``None`` when it is gone, quarantined, unreadable or
         has no revision to write it under."""
         document = self.collection.find_one({"_id": job_id})
-        if document is None or QUARANTINE_FIELD in document or not is_revision(document.get(REVISION_FIELD)):
+        if document is None or QUARANTINE_FIELD in document or not is_integer(document.get(REVISION_FIELD)):
             return None
         row = Row(job_id, document.get("job_state"), document.get(FORMAT_FIELD), document.get(REVISION_FIELD))
         try:
@@ -182,11 +182,6 @@ def _still_at(document: dict[str, Any], state: dict[str, Any], fire_time: float,
         return False  # another process claimed it since: its state stands
     stored = state.get("next_run_time")
     return stored is not None and datetime_to_utc_timestamp(stored) <= fire_time + _SAME
-
-
-def is_revision(value: Any) -> bool:
-    """A write revision as jobshelf stores it: an integer (``bson.Int64`` is one)."""
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _same_time(left: float | None, right: float | None) -> bool:

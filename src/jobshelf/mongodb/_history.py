@@ -25,6 +25,7 @@ from pymongo import ASCENDING, DESCENDING
 from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError, OperationFailure
 
 from .._core.history import HistoryQuery, HistorySink
+from ._fields import is_integer
 
 __all__ = ["MongoHistorySink"]
 
@@ -146,7 +147,7 @@ class MongoHistorySink(HistorySink):
 
 
 def _count(value: Any) -> int:
-    return int(value) if isinstance(value, int) and not isinstance(value, bool) else 0
+    return int(value) if is_integer(value) else 0
 
 
 def _decoded(raw: Any) -> dict[str, Any]:

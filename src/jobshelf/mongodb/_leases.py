@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from .._core.reading import as_timestamp
+from ._fields import is_integer
 
 __all__ = [
     "LEASE_FIELD",
@@ -77,13 +78,13 @@ def read_lease(value: Any) -> Lease | None:
         return Lease(None, None, None, None, False)
     holder = value.get("holder")
     until = value.get("until")
-    token = value.get("token")
+    token: Any = value.get("token")
     return Lease(
         holder if type(holder) is str and len(holder) <= _MAX_HOLDER_LENGTH else None,
         float(until)
         if isinstance(until, (int, float)) and type(until) is not bool and not math.isnan(until)
         else None,
-        int(token) if isinstance(token, int) and not isinstance(token, bool) else None,
+        int(token) if is_integer(token) else None,
         as_timestamp(value.get("pending")),
         value.get("remove") is True,
     )

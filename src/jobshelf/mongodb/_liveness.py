@@ -31,6 +31,7 @@ from typing import Any, NamedTuple
 from pymongo import ReturnDocument
 from pymongo.errors import PyMongoError
 
+from ._fields import is_integer
 from ._leases import LEASE_FIELD
 
 __all__ = ["HOLDERS_SUFFIX", "Heartbeat", "HolderRecord", "HolderRegistry", "holder_id", "read_records"]
@@ -82,9 +83,9 @@ def read_records(collection: Any, dead_after: float, now: dt.datetime | None = N
             HolderRecord(
                 record.get("_id"),
                 host if type(host) is str else None,
-                int(pid) if isinstance(pid, int) and not isinstance(pid, bool) else None,
+                int(pid) if is_integer(pid) else None,
                 when,
-                int(running) if isinstance(running, int) and not isinstance(running, bool) else None,
+                int(running) if is_integer(running) else None,
                 alive,
             )
         )

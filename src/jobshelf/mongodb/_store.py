@@ -36,8 +36,8 @@ from .._core.reading import as_timestamp
 from .._exceptions import JobshelfError, SerializationError
 from .._serializer import SerializerSpec
 from . import _forking
-from ._concurrent import ConcurrentChanges, is_revision
-from ._fields import FORMAT_FIELD, QUARANTINE_FIELD, REVISION_FIELD
+from ._concurrent import ConcurrentChanges
+from ._fields import FORMAT_FIELD, QUARANTINE_FIELD, REVISION_FIELD, is_integer
 from ._history import MongoHistorySink
 from ._leases import LEASE_FIELD, WriteMode
 from ._liveness import HolderRecord, read_records
@@ -516,7 +516,7 @@ class MongoDBJobStore(StoreCore):
                 if shared.marks.take(record.id, record.data) and self._registered_unchanged(record):
                     return True  # the same job registered again: the stored schedule and lease stand
                 update["$unset"][LEASE_FIELD] = ""  # an application's change releases any lease
-                if looked is not None and is_revision(looked.revision):
+                if looked is not None and is_integer(looked.revision):
                     return self._replace_looked_up(record, condition, update, looked)
             else:  # the holder, after submitting: only while it holds the lease
                 condition = shared.claims.held(record.id, write.token)
