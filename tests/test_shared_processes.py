@@ -225,11 +225,9 @@ def test_work_spreads_and_a_killed_holders_jobs_run_elsewhere_within_seconds(
                 if key not in executed and key not in skipped:
                     if grace is None:
                         assert key not in missed, (job_id, "missed without a grace time")
-                    merged = coalesce and any(
-                        e["run_time"] > fire_time
-                        and (grace is None or e["at"] - 0.4 - fire_time <= grace + 0.5)
-                        for e in runs
-                    )
+                    # coalescing: found late together with later fire times, run once as the latest
+                    # (APScheduler reports no miss for those; a takeover reports the late ones)
+                    merged = coalesce and any(e["run_time"] > fire_time for e in runs)
                     assert key in missed or merged, (job_id, fire_time - start.timestamp(), "silently lost")
                 fire_time += 1
 
