@@ -5,17 +5,25 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
+import signal
+import socket
+import subprocess
+import tempfile
 import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Union
 
 from apscheduler.job import Job
 from apscheduler.jobstores.memory import MemoryJobStore as ApschedulerMemoryJobStore
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.date import DateTrigger
+from pymongo import ASCENDING, MongoClient
+from pymongo.database import Database
 
 from jobshelf import MemoryJobStore, MongoDBJobStore
 from jobshelf.testing import state_difference
@@ -158,6 +166,123 @@ def assert_same_job(expected: Job, actual: Job | None) -> None:
     assert difference is None, difference
     now = expected.next_run_time or dt.datetime(2030, 1, 1, tzinfo=UTC)
     assert expected.trigger.get_next_fire_time(None, now) == actual.trigger.get_next_fire_time(None, now)
+
+
+# ----------------------------------------------------------------------------- web servers, shared mode
+# tests/test_shared_gunicorn.py and tests/test_shared_servers.py run real servers whose workers each
+# run a shared scheduler (tests/shared_wsgi.py, shared_asgi.py, shared_uwsgi.py): five jobs,
+# reg00..reg04, every second; each run recorded in ``executions`` under a unique index on (job,
+# run_time), a second run of a fire time in ``duplicates``.
+
+ROOT = Path(__file__).resolve().parents[1]
+#: One run of a job: (job id, fire time as a UTC timestamp).
+Run = tuple[str, float]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def live_holders(store: MongoDBJobStore) -> list[Any]:
+    """The liveness records (``store.holders()``) of the holders judged alive."""
+    return [record for record in store.holders() if record.alive]
+
+
+def prepare_records(client: MongoClient[Any], database: str) -> tuple[Database[Any], MongoDBJobStore]:
+    """The test's database, its ``executions`` unique on (job, run_time), and a store (not started)
+    that reads the workers' liveness records."""
+    db = client[database]
+    db.executions.create_index([("job", ASCENDING), ("run_time", ASCENDING)], unique=True)
+    return db, MongoDBJobStore(database=database, client=client, shared=True)
+
+
+def server_env(uri: str, database: str) -> dict[str, str]:
+    """The environment the app modules read their configuration from."""
+    return {**os.environ, "JOBSHELF_TEST_URI": uri, "JOBSHELF_TEST_DB": database}
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[str]
+    output: str = ""
+
+
+@contextlib.contextmanager
+def running_server(
+    command: list[str], env: dict[str, str], stop: int = signal.SIGTERM, timeout: float = 60.0
+) -> Iterator[Server]:
+    """Run ``command`` (in the project's root, its own process group, its output to a temporary
+    file); at the end of the block send it ``stop`` and wait for it to exit (after ``timeout``
+    seconds its whole group is killed), then read its output into ``Server.output``."""
+    with tempfile.TemporaryFile("w+") as log:
+        process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=log, stderr=log, text=True,
+                                   start_new_session=True)  # fmt: skip
+        server = Server(process)
+        failed = False
+        try:
+            yield server
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            if process.poll() is None:
+                process.send_signal(stop)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+            log.seek(0)
+            server.output = log.read()
+            if failed:  # shown with the failure
+                print(f"{command[:3]}... exited with {process.returncode}:\n{server.output[-5000:]}")
+
+
+def registered_schedule(db: Database[Any], jobs: int = 5, timeout: float = 10) -> dict[str, float]:
+    """Each registered job's first fire time, as the first registration wrote it (a worker checks
+    in before it writes the jobs: wait for them)."""
+    assert wait_for(lambda: db.jobs.count_documents({}) == jobs, timeout), list(db.jobs.find({}, ["_id"]))
+    first = {d["_id"]: d["next_run_time"] for d in db.jobs.find({}, ["next_run_time"])}
+    assert sorted(first) == [f"reg{index:02}" for index in range(jobs)], first
+    return first
+
+
+def runs_in_flight(db: Database[Any], holder: str) -> set[Run]:
+    """The (job, fire time) runs ``holder`` has claimed and not released."""
+    return {(d["_id"], d["lease"].get("pending", d["next_run_time"]))
+            for d in db.jobs.find({"lease.holder": holder})}  # fmt: skip
+
+
+def kill_holder(db: Database[Any], holder: Any) -> set[Run]:
+    """SIGKILL the worker process of ``holder`` (a liveness record); return the runs it had in
+    flight, read while it was stopped (SIGSTOP), so that it claimed nothing after the read."""
+    assert holder.pid is not None, holder
+    os.kill(holder.pid, signal.SIGSTOP)
+    try:
+        return runs_in_flight(db, holder.holder)
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+
+
+def assert_each_fire_time_ran(
+    db: Database[Any], first: dict[str, float], began: float, stopping: float, may_repeat: set[Run]
+) -> None:
+    """Every fire time of every job between ``began`` and ``stopping`` ran, on the grid of the first
+    registration's schedule (``first``); only the runs in ``may_repeat`` ran twice."""
+    executions = list(db.executions.find())
+    done = {(e["job"], round(e["run_time"], 3)) for e in executions}
+    for job_id, first_time in first.items():
+        assert all(abs((e["run_time"] - first_time) - round(e["run_time"] - first_time)) < 1e-3
+                   for e in executions if e["job"] == job_id)  # fmt: skip
+        fire_time = first_time
+        while fire_time < stopping:
+            if fire_time > began:
+                assert (job_id, round(fire_time, 3)) in done, (job_id, fire_time - began)
+            fire_time += 1
+    duplicates = {(d["job"], d["run_time"]) for d in db.duplicates.find()}
+    assert duplicates <= may_repeat, (duplicates, may_repeat)
 
 
 # ----------------------------------------------------------------------------- raw documents

@@ -107,6 +107,21 @@ def test_a_dead_holders_jobs_are_claimed_after_its_lease(shared: Any) -> None:
     assert all(job and job.next_run_time == T0 for job in taken)  # their fire time is run, not skipped
 
 
+def test_a_store_that_never_checked_in_judges_the_records_on_the_servers_clock(
+    mongo_client: MongoClient[Any], database: str
+) -> None:
+    """An operator's store (not started) reading the liveness records: a holder whose only record
+    is stale (killed, nobody else left) is dead, not alive for being the newest record."""
+    records = mongo_client[database]["jobs_holders"]
+    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    records.insert_many([{"_id": "host:1:killed", "seen": now - dt.timedelta(seconds=30), "pid": 1}])
+    observer = MongoDBJobStore(database=database, client=mongo_client, shared=True)
+    (record,) = observer.holders()
+    assert record.holder == "host:1:killed" and not record.alive
+    records.insert_one({"_id": "host:2:live", "seen": now, "pid": 2})
+    assert {r.holder: r.alive for r in observer.holders()} == {"host:2:live": True, "host:1:killed": False}
+
+
 def test_the_application_changing_a_job_releases_its_lease(shared: Any) -> None:
     holder, app = shared(lease=30), shared(lease=30)
     add_due(holder, 1)

@@ -34,7 +34,15 @@ from pymongo.errors import PyMongoError
 from ._fields import is_integer
 from ._leases import LEASE_FIELD
 
-__all__ = ["HOLDERS_SUFFIX", "Heartbeat", "HolderRecord", "HolderRegistry", "holder_id", "read_records"]
+__all__ = [
+    "HOLDERS_SUFFIX",
+    "Heartbeat",
+    "HolderRecord",
+    "HolderRegistry",
+    "holder_id",
+    "read_records",
+    "server_time",
+]
 
 logger = logging.getLogger("jobshelf.shared")
 
@@ -90,6 +98,17 @@ def read_records(collection: Any, dead_after: float, now: dt.datetime | None = N
             )
         )
     return sorted(found, key=lambda r: (not r.alive, str(r.holder)))
+
+
+def server_time(collection: Any) -> dt.datetime | None:
+    """The server's clock now (``localTime`` of the ``hello`` reply), or ``None`` if it does not
+    say: what a reader that never checked in judges the records against."""
+    try:
+        reply = collection.database.client.admin.command("hello")
+    except PyMongoError as exc:
+        logger.debug("could not read the server's time: %s", exc)
+        return None
+    return _aware(reply.get("localTime")) if isinstance(reply, dict) else None
 
 
 def _aware(value: Any) -> dt.datetime | None:

@@ -40,7 +40,7 @@ from ._concurrent import ConcurrentChanges
 from ._fields import FORMAT_FIELD, QUARANTINE_FIELD, REVISION_FIELD, is_integer
 from ._history import MongoHistorySink
 from ._leases import LEASE_FIELD, WriteMode
-from ._liveness import HolderRecord, read_records
+from ._liveness import HolderRecord, read_records, server_time
 from ._registration import definition_difference
 from ._shared import DEFAULT_CLAIM_LIMIT, DEFAULT_DEAD_AFTER, SharedMode
 
@@ -296,6 +296,8 @@ class MongoDBJobStore(StoreCore):
             raise ValueError("holders() needs shared mode: MongoDBJobStore(shared=True)")
         registry = self._shared.registry
         now = registry.server_now if registry is not None else None
+        if now is None:  # not started here: judged against the server's clock now, so that a
+            now = server_time(self.collection)  # killed holder's record alone is not taken as alive
         return read_records(self.collection, self._shared.dead_after, now)
 
     def shutdown(self) -> None:
