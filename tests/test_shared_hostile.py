@@ -188,3 +188,33 @@ def test_hostile_liveness_records_do_not_stop_the_upkeep(
     listed = {repr(r.holder): r for r in store.holders()}
     assert listed["5"].seen is None and not listed["5"].alive
     assert listed["'future'"].running is None and listed["'future'"].pid is None
+
+
+@pytest.mark.parametrize(
+    ("back", "handed"),
+    [(1, 1), (3, 3), (100, 100), (101, 0), (2.5, 0), (-1, 0)],
+    ids=["one fire time", "three", "a hundred", "one too many", "off the trigger's grid", "ahead"],
+)
+def test_a_pending_time_takes_back_at_most_a_hundred_fire_times_of_the_trigger(
+    mongo_client: MongoClient[Any], database: str, back: float, handed: int
+) -> None:
+    """A dead holder's pending fire time (or a forged one) is run from only if the job's trigger
+    reaches its state's next run time from it within 100 fire times; otherwise the job runs as its
+    state says, and never earlier than a fire time of its own."""
+    setup = BackgroundScheduler(timezone=UTC)
+    adder = MongoDBJobStore(database=database, client=mongo_client)
+    adder.start(setup, "setup")
+    state_time = dt.datetime.now(UTC).replace(microsecond=0) - dt.timedelta(seconds=2)
+    trigger = IntervalTrigger(seconds=1, start_date=state_time - dt.timedelta(days=1))
+    adder.add_job(
+        make_job(setup, "taken", trigger=trigger, next_run_time=state_time, misfire_grace_time=None)
+    )
+    lease = {"holder": "ghost", "until": 0.0, "token": 7, "pending": state_time.timestamp() - back}
+    mongo_client[database].jobs.update_one({"_id": "taken"}, {"$set": {"lease": lease}})
+    store = MongoDBJobStore(database=database, client=mongo_client, shared=True)
+    store.start(BackgroundScheduler(timezone=UTC), "default")
+    try:
+        (job,) = store.get_due_jobs(dt.datetime.now(UTC))
+        assert job.next_run_time == state_time - dt.timedelta(seconds=handed)
+    finally:
+        store.shutdown()

@@ -21,7 +21,7 @@ from pymongo import ASCENDING, MongoClient
 
 from jobshelf import MongoDBJobStore
 
-from .helpers import UTC, make_job
+from .helpers import UTC, make_job, wait_for
 from .shared_worker import work
 
 pytestmark = pytest.mark.subprocess
@@ -286,3 +286,37 @@ def test_registration_at_every_worker_start_survives_a_kill_and_a_reload(
         assert any(started <= 10.0 for started in again), (job_id, fire_time - killed_at, again)
     duplicates = {(d["job"], d["run_time"]) for d in db.duplicates.find()}
     assert duplicates <= {(job_id, fire_time) for job_id, fire_time, _ in held}  # the at-least-once window
+
+
+def test_every_fire_time_a_killed_holder_submitted_in_one_pass_runs_elsewhere(
+    mongodb_uri: str, mongo_client: MongoClient[Any], database: str
+) -> None:
+    """A job that does not coalesce, found four fire times late: one pass submits all four, and its
+    executor runs them one after another. Killed during the first, the holder ran none; the
+    process that takes over runs all four, not only the latest (the lease records the earliest)."""
+    db, store, setup = prepare(mongo_client, database)
+    start = dt.datetime.now(UTC).replace(microsecond=0) - dt.timedelta(seconds=3)
+    trigger = IntervalTrigger(seconds=1, start_date=start)
+    store.add_job(make_job(setup, "late", func=work, args=(1.5,), trigger=trigger, next_run_time=start,
+                           misfire_grace_time=None, coalesce=False, max_instances=10))  # fmt: skip
+    victim = worker(mongodb_uri, database, 60)
+    assert victim.stdout is not None and victim.stdout.readline().strip() == "started"
+    assert wait_for(lambda: db.jobs.find_one({"_id": "late", "lease.pending": {"$exists": True}}) is not None,
+                    timeout=10)  # fmt: skip
+    victim.send_signal(signal.SIGSTOP)
+    submitted = db.jobs.find_one({"_id": "late"})
+    victim.send_signal(signal.SIGKILL)
+    victim.communicate(timeout=30)
+    assert db.executions.count_documents({}) == 0  # killed during its first run (1.5 s): nothing ran
+    first_after = submitted["next_run_time"]  # after the fire times the victim submitted
+    abandoned = [start.timestamp() + seconds for seconds in range(int(first_after - start.timestamp()))]
+    assert len(abandoned) >= 3, (abandoned, submitted["lease"])
+
+    survivor = worker(mongodb_uri, database, 30)
+    assert survivor.stdout is not None and survivor.stdout.readline().strip() == "started"
+    ran = lambda: {e["run_time"] for e in db.executions.find({"job": "late"})}  # noqa: E731
+    try:
+        assert wait_for(lambda: set(abandoned) <= ran(), timeout=25), (abandoned, sorted(ran()))
+    finally:
+        survivor.send_signal(signal.SIGTERM)
+        survivor.communicate(timeout=30)

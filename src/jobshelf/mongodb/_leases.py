@@ -134,7 +134,11 @@ class HolderWrite(NamedTuple):
 
     mode: WriteMode
     token: int = 0
+    #: the latest fire time submitted under the claim
     fire_time: float = 0.0
+    #: the earliest fire time submitted under the claim: the lease's ``pending``, run again by
+    #: whoever takes the claim over, with every fire time after it
+    first: float = 0.0
 
 
 @dataclass
@@ -182,8 +186,9 @@ class ClaimBook:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        #: job id -> (fire time handed to the scheduler, claim token): claimed, not yet written
-        self._claimed: dict[Any, tuple[float, int]] = {}
+        #: job id -> (latest fire time handed to the scheduler, claim token, earliest fire time):
+        #: claimed, not yet written
+        self._claimed: dict[Any, tuple[float, int, float]] = {}
         #: job id -> its run in flight (written back, or being written)
         self._runs: dict[Any, RunInFlight] = {}
         #: job id -> the latest fire time reported done before the loop wrote the job back
@@ -196,11 +201,11 @@ class ClaimBook:
 
     # ------------------------------------------------------------------------- claims
 
-    def remember(self, job_id: Any, fire_time: float, token: int) -> None:
+    def remember(self, job_id: Any, fire_time: float, token: int, first: float | None = None) -> None:
         """``job_id`` was claimed under ``token``; ``fire_time`` is the latest fire time the
-        scheduler will submit for it in this pass."""
+        scheduler will submit for it in this pass, ``first`` the earliest (default: the same)."""
         with self._lock:
-            self._claimed[job_id] = (fire_time, token)
+            self._claimed[job_id] = (fire_time, token, fire_time if first is None else first)
 
     def is_claimed(self, job_id: Any) -> bool:
         """Claimed and handed to the scheduler, not yet written back."""
@@ -232,7 +237,7 @@ class ClaimBook:
     def drain_claims(self) -> list[tuple[Any, int]]:
         """Claims never written back, as ``(job id, token)``; they are taken out of the book."""
         with self._lock:
-            found = [(job_id, token) for job_id, (_, token) in self._claimed.items()]
+            found = [(job_id, token) for job_id, (_, token, _) in self._claimed.items()]
             self._claimed.clear()
         return found
 
@@ -245,12 +250,12 @@ class ClaimBook:
             claim = self._claimed.pop(job_id, None)
             if claim is None:
                 return HolderWrite(WriteMode.APPLICATION)
-            fire_time, token = claim
+            fire_time, token, first = claim
             done = self._done_early.pop(job_id, None)
             if done is not None and done >= fire_time - 1e-6:
-                return HolderWrite(WriteMode.RUN_OVER, token, fire_time)
+                return HolderWrite(WriteMode.RUN_OVER, token, fire_time, first)
             self._runs[job_id] = RunInFlight(fire_time, token, removal=removal)
-            return HolderWrite(WriteMode.RUN_PENDING, token, fire_time)
+            return HolderWrite(WriteMode.RUN_PENDING, token, fire_time, first)
 
     def end_write(self, job_id: Any, written: bool) -> None:
         """After a ``RUN_PENDING`` write: the run goes on, or (it ended meanwhile) is released."""

@@ -31,6 +31,7 @@ from apscheduler.events import (
 from apscheduler.job import Job
 
 from .._core import Row
+from .._core.reading import MAX_PENDING_FIRE_TIMES
 from ._claims import ClaimedJob, Claims, LeaseUpkeep
 from ._concurrent import LookupMarks
 from ._leases import ClaimBook, HolderWrite, WriteMode
@@ -200,7 +201,10 @@ class SharedMode:
             handed.add(job.id)
             run_times = _run_times(job, now)
             latest = run_times[-1] if run_times else job.next_run_time
-            self.book.remember(job.id, latest.timestamp(), claim.token)
+            # the lease says the earliest fire time submitted: a takeover runs it and every later
+            # one (coalescing submits only the latest)
+            first = latest if job.coalesce or not run_times else run_times[-MAX_PENDING_FIRE_TIMES:][0]
+            self.book.remember(job.id, latest.timestamp(), claim.token, first.timestamp())
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug('Job "%s": handed %s%s', job.id, [t.timestamp() for t in run_times],
                              " (taken over)" if claim.taken_over else "")  # fmt: skip
