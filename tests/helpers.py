@@ -198,9 +198,10 @@ def prepare_records(client: MongoClient[Any], database: str) -> tuple[Database[A
     return db, MongoDBJobStore(database=database, client=client, shared=True)
 
 
-def server_env(uri: str, database: str) -> dict[str, str]:
-    """The environment the app modules read their configuration from."""
-    return {**os.environ, "JOBSHELF_TEST_URI": uri, "JOBSHELF_TEST_DB": database}
+def server_env(uri: str, database: str, log: str = "INFO") -> dict[str, str]:
+    """The environment the app modules read their configuration from (``log``: their logging
+    level, written to the server's output)."""
+    return {**os.environ, "JOBSHELF_TEST_URI": uri, "JOBSHELF_TEST_DB": database, "JOBSHELF_TEST_LOG": log}
 
 
 @dataclass
@@ -267,10 +268,21 @@ def kill_holder(db: Database[Any], holder: Any) -> set[Run]:
 
 
 def assert_each_fire_time_ran(
+    db: Database[Any], first: dict[str, float], began: float, stopping: float, *, may_repeat: set[Run],
+    output: str = "",
+) -> None:  # fmt: skip
+    """Every fire time of every job between ``began`` and ``stopping`` ran, on the grid of the first
+    registration's schedule (``first``); only the runs in ``may_repeat`` ran twice. A failure shows
+    the end of the server's ``output`` (its workers' logs)."""
+    try:
+        _check_fire_times(db, first, began, stopping, may_repeat)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n--- the server's output, last part ---\n{output[-12000:]}") from exc
+
+
+def _check_fire_times(
     db: Database[Any], first: dict[str, float], began: float, stopping: float, may_repeat: set[Run]
 ) -> None:
-    """Every fire time of every job between ``began`` and ``stopping`` ran, on the grid of the first
-    registration's schedule (``first``); only the runs in ``may_repeat`` ran twice."""
     executions = list(db.executions.find())
     done = {(e["job"], round(e["run_time"], 3)) for e in executions}
     for job_id, first_time in first.items():

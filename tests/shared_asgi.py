@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import os
 import socket
 import time
@@ -31,6 +32,11 @@ from .shared_worker import work
 URI = os.environ.get("JOBSHELF_TEST_URI", "mongodb://127.0.0.1:27017")
 DATABASE = os.environ.get("JOBSHELF_TEST_DB", "jobshelf_asgi")
 JOBS = 5
+
+if os.environ.get("JOBSHELF_TEST_LOG"):  # the tests read the workers' logs when a check fails
+    logging.basicConfig(level=os.environ["JOBSHELF_TEST_LOG"],
+                        format="%(created).3f %(process)d %(name)s %(levelname)s %(message)s")  # fmt: skip
+    logging.getLogger("pymongo").setLevel(logging.WARNING)
 
 
 def build_scheduler() -> BackgroundScheduler:

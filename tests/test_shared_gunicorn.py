@@ -56,4 +56,4 @@ def test_gunicorn_preload_workers_run_each_fire_time_through_a_reload_and_a_kill
     assert "Error submitting job" not in output and "Traceback" not in output, output[-3000:]
     # the first registration's schedule stands; every fire time ran; only runs the killed worker
     # had in flight ran twice
-    assert_each_fire_time_ran(db, first, began, stopping, may_repeat=held)
+    assert_each_fire_time_ran(db, first, began, stopping, may_repeat=held, output=output)

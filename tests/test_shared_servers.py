@@ -82,7 +82,7 @@ def test_uvicorn_workers_run_each_fire_time_through_a_killed_worker(
     assert "Traceback" not in output and "Error submitting job" not in output, output[-3000:]
     # the lifespan shutdown ran in every live worker: each deleted its liveness record
     assert {record.holder for record in observer.holders()} <= {victim.holder}, observer.holders()
-    assert_each_fire_time_ran(db, first, began, stopping, may_repeat=held)
+    assert_each_fire_time_ran(db, first, began, stopping, may_repeat=held, output=output)
 
 
 @pytest.mark.parametrize("mode", ["lazy-apps", "postfork"])
@@ -118,4 +118,4 @@ def test_uwsgi_workers_run_each_fire_time_through_a_reload_and_a_kill(
     assert f"(pid: {victim.pid}) died, killed by signal 9" in output, output[-3000:]
     assert "Traceback" not in output and "Error submitting job" not in output, output[-3000:]
     assert {record.holder for record in observer.holders()} <= {victim.holder}, observer.holders()
-    assert_each_fire_time_ran(db, first, began, stopping, may_repeat=held)
+    assert_each_fire_time_ran(db, first, began, stopping, may_repeat=held, output=output)
