@@ -250,10 +250,20 @@ def registered_schedule(db: Database[Any], jobs: int = 5, timeout: float = 10) -
     return first
 
 
-def runs_in_flight(db: Database[Any], holder: str) -> set[Run]:
-    """The (job, fire time) runs ``holder`` has claimed and not released."""
-    return {(d["_id"], d["lease"].get("pending", d["next_run_time"]))
-            for d in db.jobs.find({"lease.holder": holder})}  # fmt: skip
+def lease_covers(document: dict[str, Any], interval: float) -> set[Run]:
+    """The fire times a job document's lease covers, for a job firing every ``interval`` seconds:
+    from its ``pending`` fire time (the earliest going on in the holder) up to its next run time,
+    which a takeover runs again; or, claimed and not yet written back, its next run time."""
+    pending, next_run_time = document["lease"].get("pending"), document["next_run_time"]
+    if pending is None:
+        return {(document["_id"], next_run_time)}
+    count = max(1, round((next_run_time - pending) / interval))
+    return {(document["_id"], round(pending + k * interval, 6)) for k in range(count)}
+
+
+def runs_in_flight(db: Database[Any], holder: str, interval: float = 1.0) -> set[Run]:
+    """The (job, fire time) runs ``holder`` has claimed and not released (see ``lease_covers``)."""
+    return {run for d in db.jobs.find({"lease.holder": holder}) for run in lease_covers(d, interval)}
 
 
 def kill_holder(db: Database[Any], holder: Any) -> set[Run]:
@@ -293,8 +303,8 @@ def _check_fire_times(
             if fire_time > began:
                 assert (job_id, round(fire_time, 3)) in done, (job_id, fire_time - began)
             fire_time += 1
-    duplicates = {(d["job"], d["run_time"]) for d in db.duplicates.find()}
-    assert duplicates <= may_repeat, (duplicates, may_repeat)
+    duplicates = {(d["job"], round(d["run_time"], 6)) for d in db.duplicates.find()}
+    assert duplicates <= {(job, round(t, 6)) for job, t in may_repeat}, (duplicates, may_repeat)
 
 
 # ----------------------------------------------------------------------------- raw documents

@@ -167,6 +167,12 @@ class RunInFlight:
     removal: bool = False
     written_at: float = 0.0
 
+    @property
+    def over(self) -> bool:
+        """The latest fire time is reported done: the lease is released (an earlier run of an
+        overlapping job may still go on; a takeover would not run it again)."""
+        return _key(self.fire_time) not in self.outstanding
+
 
 class Release(NamedTuple):
     """A run that is over: its lease is released (its document deleted, for a finished job)."""
@@ -202,11 +208,11 @@ class ClaimBook:
 
     - write first: :meth:`begin_write` gives ``RUN_PENDING``, the write keeps the lease marked with
       the earliest fire time still going (``pending``), :meth:`end_write` marks it pending, and
-      the event for its last outstanding fire time queues the release;
+      the event for the latest fire time queues the release;
     - events during the write: they are counted off, and :meth:`end_write` queues the release if
-      none is left;
-    - events before the write: :meth:`begin_write` gives ``RUN_OVER`` when none is left, and the
-      write itself releases.
+      the latest is among them;
+    - events before the write: :meth:`begin_write` gives ``RUN_OVER`` when the latest is among
+      them, and the write itself releases.
     """
 
     def __init__(self) -> None:
@@ -281,7 +287,7 @@ class ClaimBook:
             earlier = self._runs.get(job_id)
             if earlier is not None:  # runs of an earlier claim still going here: the lease covers them
                 outstanding |= earlier.outstanding
-            if not outstanding:
+            if _key(claim.latest) not in outstanding:  # its latest run is over already
                 return HolderWrite(WriteMode.RUN_OVER, claim.token, claim.latest, claim.latest)
             run = RunInFlight(claim.latest, claim.token, outstanding, removal=removal)
             run.submitted = earlier is not None and earlier.submitted
@@ -300,7 +306,7 @@ class ClaimBook:
                 del self._runs[job_id]
                 return
             run.written_at = time.monotonic()
-            if not run.outstanding:
+            if run.over:
                 del self._runs[job_id]
                 self._queue(Release(job_id, run.fire_time, run.token, run.removal))
                 return
@@ -326,8 +332,8 @@ class ClaimBook:
                 run.submitted = True
             if rest and (run is None or job_id in self._claimed):
                 self._done_before_write(job_id, rest)  # a claim not written back yet: its runs
-            if run is None or run.outstanding or run.stage == "writing":
-                return  # runs still going; or the writer releases it once its write is in
+            if run is None or not run.over or run.stage == "writing":
+                return  # its latest run still going; or the writer releases it once its write is in
             del self._runs[job_id]
             self._queue(Release(job_id, run.fire_time, run.token, run.removal))
 
