@@ -192,14 +192,15 @@ def test_hostile_liveness_records_do_not_stop_the_upkeep(
 
 @pytest.mark.parametrize(
     ("back", "handed"),
-    [(1, 1), (3, 0), (2.5, 0), (-1, 0)],
-    ids=["the fire time before", "three before", "off the trigger's grid", "ahead"],
+    [(1, 1), (3, 3), (100, 100), (101, 0), (2.5, 0), (-1, 0)],
+    ids=["one fire time", "three", "a hundred", "one too many", "off the trigger's grid", "ahead"],
 )
-def test_a_pending_time_takes_back_only_the_fire_time_just_before_the_state(
+def test_a_pending_time_takes_back_at_most_a_hundred_fire_times_of_the_trigger(
     mongo_client: MongoClient[Any], database: str, back: float, handed: int
 ) -> None:
-    """A dead holder's pending fire time (or a forged one) is run only if it is the job's trigger's
-    fire time just before its state's next run time; otherwise the job runs as its state says."""
+    """A dead holder's pending fire time (or a forged one) is run from only if the job's trigger
+    reaches its state's next run time from it within 100 fire times; otherwise the job runs as its
+    state says, and never earlier than a fire time of its own."""
     setup = BackgroundScheduler(timezone=UTC)
     adder = MongoDBJobStore(database=database, client=mongo_client)
     adder.start(setup, "setup")

@@ -21,7 +21,7 @@ from pymongo import ASCENDING, MongoClient
 
 from jobshelf import MongoDBJobStore
 
-from .helpers import UTC, make_job
+from .helpers import UTC, make_job, wait_for
 from .shared_worker import work
 
 pytestmark = pytest.mark.subprocess
@@ -285,5 +285,62 @@ def test_registration_at_every_worker_start_survives_a_kill_and_a_reload(
         ]
         # within seconds, not after the lease (30 s); the 3 s goal is the benchmark's to measure
         assert any(started <= 10.0 for started in again), (job_id, fire_time - killed_at, again)
+    # the at-least-once window: a takeover runs again every fire time from the earliest the killed
+    # worker had going on (its lease's pending one) up to the kill
     duplicates = {(d["job"], d["run_time"]) for d in db.duplicates.find()}
-    assert duplicates <= {(job_id, fire_time) for job_id, fire_time, _ in held}  # the at-least-once window
+    assert all(any(job == job_id and fire_time - 1e-6 <= t <= killed_at for job_id, fire_time, _ in held)
+               for job, t in duplicates), (duplicates, held)  # fmt: skip
+
+
+#: name -> (seconds since the first fire time when the holder starts, seconds each run takes,
+#: fire times the holder must have submitted when it is killed)
+ABANDONED = {
+    "found late: one pass submits four": (3.0, 1.5, 4),
+    "runs longer than the interval: two overlap": (-1.0, 2.5, 2),
+}
+
+
+@pytest.mark.parametrize("case", list(ABANDONED))
+def test_every_fire_time_a_killed_holder_was_running_runs_elsewhere(
+    case: str, mongodb_uri: str, mongo_client: MongoClient[Any], database: str
+) -> None:
+    """A job that does not coalesce, with several fire times going on in one process when it is
+    killed, none of them finished: found late, one pass submits them all (its executor runs them
+    one after another); or each run lasts longer than the interval, so the next claim comes while
+    the first still runs. Whoever takes over runs every one of them, not only the latest: the lease
+    says the earliest going on."""
+    late, work_seconds, submitted = ABANDONED[case]
+    db, store, setup = prepare(mongo_client, database)
+    start = dt.datetime.now(UTC).replace(microsecond=0) - dt.timedelta(seconds=late)
+    trigger = IntervalTrigger(seconds=1, start_date=start)
+    store.add_job(make_job(setup, "job", func=work, args=(work_seconds,), trigger=trigger,
+                           next_run_time=start, misfire_grace_time=None, coalesce=False,
+                           max_instances=10))  # fmt: skip
+    after_submitted = start.timestamp() + submitted
+
+    def written_back() -> bool:
+        document = db.jobs.find_one({"_id": "job", "lease.pending": {"$exists": True}})
+        return document is not None and document["next_run_time"] >= after_submitted
+
+    victim = worker(mongodb_uri, database, 60)
+    assert victim.stdout is not None and victim.stdout.readline().strip() == "started"
+    assert wait_for(written_back, timeout=15)
+    victim.send_signal(signal.SIGSTOP)
+    held = db.jobs.find_one({"_id": "job"})
+    victim.send_signal(signal.SIGKILL)
+    victim.communicate(timeout=30)
+    assert db.executions.count_documents({}) == 0, "killed too late: a run finished"
+    abandoned = [start.timestamp() + k for k in range(round(held["next_run_time"] - start.timestamp()))]
+    assert len(abandoned) >= submitted and held["lease"]["pending"] == abandoned[0], (
+        abandoned,
+        held["lease"],
+    )
+
+    survivor = worker(mongodb_uri, database, 40)
+    assert survivor.stdout is not None and survivor.stdout.readline().strip() == "started"
+    ran = lambda: {e["run_time"] for e in db.executions.find({"job": "job"})}  # noqa: E731
+    try:
+        assert wait_for(lambda: set(abandoned) <= ran(), timeout=30), (abandoned, sorted(ran()))
+    finally:
+        survivor.send_signal(signal.SIGTERM)
+        survivor.communicate(timeout=30)

@@ -8,8 +8,9 @@ hint that, whatever value it holds, can at most delay or skip its own job:
   the next-run-time query and remembered by its state's time, so the loop cannot spin on it);
 - an index value that is no time at all (non-finite, beyond the calendar, not a number) is never
   handed to APScheduler;
-- a shared store's abandoned fire time is used only when it is the trigger's fire time just
-  before the state's next run time (so it can never add run times the state does not have).
+- a shared store's abandoned fire time is used only when it is one of the trigger's fire times
+  just before the state's next run time, at most :data:`MAX_PENDING_FIRE_TIMES` of them (so it
+  can never add run times the state's trigger does not have, nor more than that many).
 """
 
 from __future__ import annotations
@@ -32,10 +33,13 @@ from .adapter import StorageAdapter
 from .formats import Format, FormatTable
 from .rows import Row, WriteRecord
 
-__all__ = ["MAX_SUSPECTS", "Reading", "as_timestamp"]
+__all__ = ["MAX_PENDING_FIRE_TIMES", "MAX_SUSPECTS", "Reading", "as_timestamp"]
 
 #: The most rows whose index could not be repaired that a store remembers.
 MAX_SUSPECTS = 10_000
+#: The most fire times before a job's next run time that an abandoned run may take back: a shared
+#: store's holder records the earliest of the fire times it submits in one pass, at most this many.
+MAX_PENDING_FIRE_TIMES = 100
 _MIN_TIMESTAMP = dt.datetime(1, 1, 2, tzinfo=dt.timezone.utc).timestamp()
 _MAX_TIMESTAMP = dt.datetime(9999, 12, 30, tzinfo=dt.timezone.utc).timestamp()
 
@@ -118,23 +122,15 @@ class Reading(StorageAdapter):
 
     def _fire_time(self, row: Row, state: dict[str, Any]) -> float | None:
         """When the row's job is due: the state's next run time or, for a shared store's abandoned
-        fire time, that time if it is the trigger's fire time just before the state's."""
+        fire time, that time if the trigger's fire times from it reach the state's (within
+        :data:`MAX_PENDING_FIRE_TIMES`): the holder submitted them all and ran none."""
         state_time = _state_time(state)
         if state_time is None:
             return None
         pending = as_timestamp(row.due_at)
         if pending is None or pending >= state_time:
             return state_time
-        try:
-            previous = utc_timestamp_to_datetime(pending)
-            following = bounded_next_fire_time(state["trigger"], previous, previous)
-            jitter = getattr(state["trigger"], "jitter", None) or 0
-            matches = (
-                following is not None and abs(datetime_to_utc_timestamp(following) - state_time) <= jitter
-            )
-        except Exception:
-            matches = False
-        if matches:
+        if _leads_to(state["trigger"], pending, state_time):
             return pending
         self._logger.warning(
             'Job "%s": the fire time recorded in its lease (%r) is not a fire time of its trigger '
@@ -260,6 +256,27 @@ class Reading(StorageAdapter):
         catch_up = validate_state(state, row.id, by_value=decoder.by_value, now=moment)
         self._policy.check_state(state, row.id)
         return state, catch_up
+
+
+def _leads_to(trigger: Any, pending: float, state_time: float) -> bool:
+    """Whether ``pending`` is a fire time of ``trigger`` at most :data:`MAX_PENDING_FIRE_TIMES`
+    before ``state_time`` (its fire times from ``pending`` on reach ``state_time``)."""
+    jitter = getattr(trigger, "jitter", None) or 0
+    try:
+        fire_time = utc_timestamp_to_datetime(pending)
+        for _ in range(MAX_PENDING_FIRE_TIMES):
+            following = bounded_next_fire_time(trigger, fire_time, fire_time)
+            if following is None:
+                return False
+            timestamp = datetime_to_utc_timestamp(following)
+            if abs(timestamp - state_time) <= jitter:
+                return True
+            if timestamp > state_time or following <= fire_time:
+                return False
+            fire_time = following
+    except Exception:
+        return False
+    return False
 
 
 def _state_time(state: dict[str, Any]) -> float | None:

@@ -3,9 +3,10 @@
 A lease as jobshelf writes it, always as a whole sub-document::
 
     lease: {holder: "host:pid:random", until: <UTC timestamp>, token: <int>,
-            pending: <the fire time submitted, UTC timestamp>, remove: true}
+            pending: <the earliest fire time going on, UTC timestamp>, remove: true}
 
-``pending`` is set once the holder has submitted a fire time and written the job back; ``remove``
+``pending`` is set once the holder has submitted fire times and written the job back: the earliest
+of those still going on there (whoever takes the lease over runs from it); ``remove``
 marks a finished job that is deleted when its last run is done. A released lease is
 ``{holder, until: 0}``: expired, free for anyone, and written under the holder's name so that its
 own change stream does not report it back to it. Anyone who can write the
@@ -21,10 +22,11 @@ import enum
 import math
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from .._core.reading import as_timestamp
+from .._core.reading import MAX_PENDING_FIRE_TIMES, as_timestamp
 from ._fields import is_integer
 
 __all__ = [
@@ -134,17 +136,24 @@ class HolderWrite(NamedTuple):
 
     mode: WriteMode
     token: int = 0
+    #: the latest fire time submitted under the claim
     fire_time: float = 0.0
+    #: the earliest fire time submitted under the claim: the lease's ``pending``, run again by
+    #: whoever takes the claim over, with every fire time after it
+    first: float = 0.0
 
 
 @dataclass
 class RunInFlight:
-    """A fire time this instance claimed, submitted (or is submitting) and has not released.
+    """A job this instance claimed and submitted (or is submitting) and has not released: the fire
+    times of its runs going on here, which the lease covers.
 
-    :ivar fire_time: the latest fire time handed to the scheduler for this claim (UTC timestamp)
+    :ivar fire_time: the latest fire time handed to the scheduler (UTC timestamp)
     :ivar token: the claim's token: every write and release for this run is bound to it
-    :ivar stage: ``"writing"`` (the loop is writing the job back), ``"pending"`` (written; the
-        run goes on) or ``"done"`` (the run ended while the loop was writing)
+    :ivar outstanding: the fire times submitted and not yet reported done (a later claim of the
+        same job, due again while these run, adds its own: one lease covers them all)
+    :ivar stage: ``"writing"`` (the loop is writing the job back) or ``"pending"`` (written; the
+        runs go on)
     :ivar submitted: the scheduler reported the run submitted (or skipped)
     :ivar removal: the job is finished: its document is deleted at the release
     :ivar written_at: when the loop wrote it back (``time.monotonic()``)
@@ -152,10 +161,17 @@ class RunInFlight:
 
     fire_time: float
     token: int
+    outstanding: set[float] = field(default_factory=set)
     stage: str = "writing"
     submitted: bool = False
     removal: bool = False
     written_at: float = 0.0
+
+    @property
+    def over(self) -> bool:
+        """The latest fire time is reported done: the lease is released (an earlier run of an
+        overlapping job may still go on; a takeover would not run it again)."""
+        return _key(self.fire_time) not in self.outstanding
 
 
 class Release(NamedTuple):
@@ -167,27 +183,46 @@ class Release(NamedTuple):
     removal: bool
 
 
+class _Claim(NamedTuple):
+    latest: float
+    token: int
+    fire_times: frozenset[float]
+
+
+def _key(fire_time: float) -> float:
+    """A fire time as the book compares it (to the microsecond, as APScheduler's datetimes)."""
+    return round(fire_time, 6)
+
+
+#: The most fire times the book keeps per job, and the most jobs with fire times reported done
+#: before their write-back.
+_MAX_KEPT = 10_000
+
+
 class ClaimBook:
     """What one shared store instance has claimed and not yet released (in memory, thread-safe).
 
-    Per claimed job, the loop's write (``update_job``/``remove_job``) and the run's end (an
-    execution event) race each other; the lease is released only after both, whichever comes
-    first:
+    Per claimed job, the loop's write (``update_job``/``remove_job``) and the runs' ends (execution
+    events, one per fire time) race each other; the lease is released only after both, whichever
+    comes first:
 
-    - write first: :meth:`begin_write` gives ``RUN_PENDING``, the write keeps the lease with the
-      fire time, :meth:`end_write` marks it pending, and the event queues the release;
-    - event during the write: the event marks the run done, :meth:`end_write` queues the release;
-    - event before the write: :meth:`begin_write` gives ``RUN_OVER``, the write itself releases.
+    - write first: :meth:`begin_write` gives ``RUN_PENDING``, the write keeps the lease marked with
+      the earliest fire time still going (``pending``), :meth:`end_write` marks it pending, and
+      the event for the latest fire time queues the release;
+    - events during the write: they are counted off, and :meth:`end_write` queues the release if
+      the latest is among them;
+    - events before the write: :meth:`begin_write` gives ``RUN_OVER`` when the latest is among
+      them, and the write itself releases.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        #: job id -> (fire time handed to the scheduler, claim token): claimed, not yet written
-        self._claimed: dict[Any, tuple[float, int]] = {}
-        #: job id -> its run in flight (written back, or being written)
+        #: job id -> the claim handed to the scheduler, not yet written back
+        self._claimed: dict[Any, _Claim] = {}
+        #: job id -> its runs in flight (written back, or being written)
         self._runs: dict[Any, RunInFlight] = {}
-        #: job id -> the latest fire time reported done before the loop wrote the job back
-        self._done_early: dict[Any, float] = {}
+        #: job id -> fire times reported done before the loop wrote the job back
+        self._done_early: dict[Any, set[float]] = {}
         #: runs that are over, released in the next batch
         self._releases: list[Release] = []
         self.releases_queued = threading.Event()
@@ -196,11 +231,13 @@ class ClaimBook:
 
     # ------------------------------------------------------------------------- claims
 
-    def remember(self, job_id: Any, fire_time: float, token: int) -> None:
+    def remember(self, job_id: Any, fire_time: float, token: int, fire_times: Iterable[float] = ()) -> None:
         """``job_id`` was claimed under ``token``; ``fire_time`` is the latest fire time the
-        scheduler will submit for it in this pass."""
+        scheduler will submit for it in this pass, ``fire_times`` all it will submit (default:
+        that one)."""
+        submitted = frozenset(_key(t) for t in fire_times) or frozenset({_key(fire_time)})
         with self._lock:
-            self._claimed[job_id] = (fire_time, token)
+            self._claimed[job_id] = _Claim(fire_time, token, submitted)
 
     def is_claimed(self, job_id: Any) -> bool:
         """Claimed and handed to the scheduler, not yet written back."""
@@ -232,28 +269,35 @@ class ClaimBook:
     def drain_claims(self) -> list[tuple[Any, int]]:
         """Claims never written back, as ``(job id, token)``; they are taken out of the book."""
         with self._lock:
-            found = [(job_id, token) for job_id, (_, token) in self._claimed.items()]
+            found = [(job_id, claim.token) for job_id, claim in self._claimed.items()]
             self._claimed.clear()
         return found
 
     # ------------------------------------------------------------------------- the loop's writes
 
     def begin_write(self, job_id: Any, *, removal: bool = False) -> HolderWrite:
-        """How to write ``job_id`` now: an application's change (not claimed here), a run that is
-        over (write and release) or a run going on (write, keeping the lease)."""
+        """How to write ``job_id`` now: an application's change (not claimed here), runs that are
+        over (write and release) or runs going on (write, keeping the lease marked with the
+        earliest of their fire times)."""
         with self._lock:
             claim = self._claimed.pop(job_id, None)
             if claim is None:
                 return HolderWrite(WriteMode.APPLICATION)
-            fire_time, token = claim
-            done = self._done_early.pop(job_id, None)
-            if done is not None and done >= fire_time - 1e-6:
-                return HolderWrite(WriteMode.RUN_OVER, token, fire_time)
-            self._runs[job_id] = RunInFlight(fire_time, token, removal=removal)
-            return HolderWrite(WriteMode.RUN_PENDING, token, fire_time)
+            outstanding = set(claim.fire_times - self._done_early.pop(job_id, set()))
+            earlier = self._runs.get(job_id)
+            if earlier is not None:  # runs of an earlier claim still going here: the lease covers them
+                outstanding |= earlier.outstanding
+            if _key(claim.latest) not in outstanding:  # its latest run is over already
+                return HolderWrite(WriteMode.RUN_OVER, claim.token, claim.latest, claim.latest)
+            run = RunInFlight(claim.latest, claim.token, outstanding, removal=removal)
+            run.submitted = earlier is not None and earlier.submitted
+            self._runs[job_id] = run
+            # a takeover runs from the earliest (as far back as the reader follows a trigger)
+            first = sorted(outstanding)[-MAX_PENDING_FIRE_TIMES:][0]
+            return HolderWrite(WriteMode.RUN_PENDING, claim.token, claim.latest, first)
 
     def end_write(self, job_id: Any, written: bool) -> None:
-        """After a ``RUN_PENDING`` write: the run goes on, or (it ended meanwhile) is released."""
+        """After a ``RUN_PENDING`` write: the runs go on, or (they ended meanwhile) are released."""
         with self._lock:
             run = self._runs.get(job_id)
             if run is None:
@@ -262,7 +306,7 @@ class ClaimBook:
                 del self._runs[job_id]
                 return
             run.written_at = time.monotonic()
-            if run.stage == "done":
+            if run.over:
                 del self._runs[job_id]
                 self._queue(Release(job_id, run.fire_time, run.token, run.removal))
                 return
@@ -276,23 +320,31 @@ class ClaimBook:
             if run is not None:
                 run.submitted = True
 
-    def on_done(self, job_id: Any, latest: float) -> None:
-        """A run of ``job_id`` for fire times up to ``latest`` is over (run, failed or missed)."""
+    def on_done(self, job_id: Any, fire_times: Iterable[float]) -> None:
+        """Runs of ``job_id`` for ``fire_times`` are over (run, failed, missed or skipped)."""
+        done = {_key(t) for t in fire_times}
         with self._lock:
             run = self._runs.get(job_id)
-            if run is None:
-                if len(self._done_early) > 10_000:  # events for jobs never written back
-                    self._done_early.clear()
-                self._done_early[job_id] = max(latest, self._done_early.get(job_id, latest))
-                return
-            if latest < run.fire_time - 1e-6 or run.stage == "done":
-                return  # not this run yet, or the writer releases it already
-            run.submitted = True
-            if run.stage == "writing":
-                run.stage = "done"  # the writer releases it once its write is in
-                return
+            rest = done
+            if run is not None:
+                rest = done - run.outstanding
+                run.outstanding -= done
+                run.submitted = True
+            if rest and (run is None or job_id in self._claimed):
+                self._done_before_write(job_id, rest)  # a claim not written back yet: its runs
+            if run is None or not run.over or run.stage == "writing":
+                return  # its latest run still going; or the writer releases it once its write is in
             del self._runs[job_id]
             self._queue(Release(job_id, run.fire_time, run.token, run.removal))
+
+    def _done_before_write(self, job_id: Any, done: set[float]) -> None:
+        early = self._done_early.get(job_id)
+        if early is None:
+            if len(self._done_early) >= _MAX_KEPT:  # events for jobs never written back
+                self._done_early.clear()
+            early = self._done_early[job_id] = set()
+        if len(early) < _MAX_KEPT:
+            early |= done
 
     def forget(self, job_id: Any) -> None:
         """The application changed the job: whatever this instance held of it is over."""

@@ -200,7 +200,8 @@ class SharedMode:
             handed.add(job.id)
             run_times = _run_times(job, now)
             latest = run_times[-1] if run_times else job.next_run_time
-            self.book.remember(job.id, latest.timestamp(), claim.token)
+            submitted = run_times if run_times and not job.coalesce else [latest]  # coalescing: the latest
+            self.book.remember(job.id, latest.timestamp(), claim.token, [t.timestamp() for t in submitted])
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug('Job "%s": handed %s%s', job.id, [t.timestamp() for t in run_times],
                              " (taken over)" if claim.taken_over else "")  # fmt: skip
@@ -291,7 +292,7 @@ class SharedMode:
         run_time = getattr(event, "scheduled_run_time", None)
         run_times = getattr(event, "scheduled_run_times", None) or ([run_time] if run_time else [])
         if run_times:
-            self.book.on_done(event.job_id, max(t.timestamp() for t in run_times))
+            self.book.on_done(event.job_id, [t.timestamp() for t in run_times])
         claims = self.claims
         if claims is not None and claims.left_behind and event.code != EVENT_JOB_MAX_INSTANCES:
             # a run ended in a process that left due jobs for lack of room: look again now (at

@@ -525,7 +525,7 @@ class MongoDBJobStore(StoreCore):
                 if write.mode is WriteMode.RUN_OVER:
                     lease = shared.claims.released()
                 else:
-                    lease = shared.claims.lease_fields(write.token, write.fire_time)
+                    lease = shared.claims.lease_fields(write.token, write.first)
                 document.update(lease)
         elif write is not None and write.mode is WriteMode.APPLICATION:
             update["$unset"][LEASE_FIELD] = ""
@@ -618,7 +618,7 @@ class MongoDBJobStore(StoreCore):
         if write is not None and shared is not None and shared.claims is not None:
             held = shared.claims.held(job_id, write.token)
             if write.mode is WriteMode.RUN_PENDING:  # finished: deleted once its last run is done
-                lease = shared.claims.lease_fields(write.token, write.fire_time, remove=True)
+                lease = shared.claims.lease_fields(write.token, write.first, remove=True)
                 finishing = {"next_run_time": None, **lease}
                 try:
                     written = bool(self.collection.update_one(held, {"$set": finishing}).matched_count)
