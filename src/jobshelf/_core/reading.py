@@ -38,7 +38,9 @@ __all__ = ["MAX_PENDING_FIRE_TIMES", "MAX_SUSPECTS", "Reading", "as_timestamp"]
 #: The most rows whose index could not be repaired that a store remembers.
 MAX_SUSPECTS = 10_000
 #: The most fire times before a job's next run time that an abandoned run may take back: a shared
-#: store's holder records the earliest of the fire times it submits in one pass, at most this many.
+#: store's holder records the earliest fire time of the job still going on in it, at most this many
+#: back. (With a jittered trigger each step is jittered, so a pending time more than one fire time
+#: back may not match; the job then runs as its state says, with a warning.)
 MAX_PENDING_FIRE_TIMES = 100
 _MIN_TIMESTAMP = dt.datetime(1, 1, 2, tzinfo=dt.timezone.utc).timestamp()
 _MAX_TIMESTAMP = dt.datetime(9999, 12, 30, tzinfo=dt.timezone.utc).timestamp()
