@@ -169,8 +169,8 @@ def assert_same_job(expected: Job, actual: Job | None) -> None:
 
 
 # ----------------------------------------------------------------------------- web servers, shared mode
-# tests/test_shared_gunicorn.py and tests/test_shared_servers.py run real servers whose workers each
-# run a shared scheduler (tests/shared_wsgi.py, shared_asgi.py, shared_uwsgi.py): five jobs,
+# tests/processes/test_shared_gunicorn.py and test_shared_servers.py run real servers whose
+# workers each run a shared scheduler (tests/shared_wsgi.py, shared_asgi.py, shared_uwsgi.py): five jobs,
 # reg00..reg04, every second; each run recorded in ``executions`` under a unique index on (job,
 # run_time), a second run of a fire time in ``duplicates``.
 

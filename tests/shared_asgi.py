@@ -1,5 +1,5 @@
 """An ASGI app that runs a shared scheduler, the way a web app under uvicorn ``--workers N`` does
-(tests/test_shared_servers.py). Its configuration comes from the environment:
+(tests/processes/test_shared_servers.py). Its configuration comes from the environment:
 ``JOBSHELF_TEST_URI`` and ``JOBSHELF_TEST_DB``.
 
 A plain ASGI callable (no framework): the lifespan startup builds the store and the scheduler,

@@ -1,4 +1,4 @@
-"""A WSGI app that runs a shared scheduler under uWSGI (tests/test_shared_servers.py), in the two
+"""A WSGI app that runs a shared scheduler under uWSGI (tests/processes/test_shared_servers.py), in the two
 ways the README gives. Its configuration comes from the environment: ``JOBSHELF_TEST_URI`` and
 ``JOBSHELF_TEST_DB``.
 

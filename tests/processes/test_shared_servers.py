@@ -1,5 +1,5 @@
 """Shared mode under uvicorn and uWSGI themselves, as the README's "Forking servers" runs them
-(gunicorn: tests/test_shared_gunicorn.py). Every worker registers the same jobs and runs a
+(gunicorn: tests/processes/test_shared_gunicorn.py). Every worker registers the same jobs and runs a
 scheduler; a SIGKILLed worker on the way (the server starts another), and for uWSGI a graceful
 reload (HUP); every fire time runs, and only the killed worker's runs in flight may run twice.
 
@@ -27,7 +27,7 @@ from pymongo.database import Database
 
 from jobshelf import MongoDBJobStore
 
-from .helpers import (
+from ..helpers import (
     ROOT,
     Run,
     assert_each_fire_time_ran,

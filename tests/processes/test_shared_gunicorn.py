@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from pymongo import MongoClient
 
-from .helpers import (
+from ..helpers import (
     assert_each_fire_time_ran,
     free_port,
     kill_holder,

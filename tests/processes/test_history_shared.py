@@ -1,7 +1,7 @@
 """Execution history in shared mode: three real scheduler processes on one store write exactly one
 record per fire time (no process is killed, so no fire time is in the crash window).
 
-``python -m tests.test_history_shared URI DATABASE SECONDS`` is one of those processes.
+``python -m tests.processes.test_history_shared URI DATABASE SECONDS`` is one of those processes.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pymongo import MongoClient
 
 from jobshelf import MongoDBJobStore
 
-from .helpers import UTC, make_job
+from ..helpers import UTC, make_job
 
 
 def work() -> None:
@@ -55,7 +55,7 @@ def test_three_shared_processes_write_one_record_per_fire_time(
         store.add_job(make_job(setup, f"job{index}", func=work, trigger=trigger, next_run_time=start,
                                misfire_grace_time=None, max_instances=5))  # fmt: skip
     store.shutdown()
-    command = [sys.executable, "-m", "tests.test_history_shared", mongodb_uri, database, "12"]
+    command = [sys.executable, "-m", "tests.processes.test_history_shared", mongodb_uri, database, "12"]
     piped = {"stdout": subprocess.PIPE, "stderr": subprocess.DEVNULL, "text": True}
     workers = [subprocess.Popen(command, **piped) for _ in range(3)]  # type: ignore[call-overload]
     outputs = [process.communicate(timeout=90)[0] for process in workers]

@@ -21,8 +21,8 @@ from pymongo import ASCENDING, MongoClient
 
 from jobshelf import MongoDBJobStore
 
-from .helpers import UTC, make_job, wait_for
-from .shared_worker import work
+from ..helpers import UTC, make_job, wait_for
+from ..shared_worker import work
 
 pytestmark = pytest.mark.subprocess
 
