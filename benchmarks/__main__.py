@@ -118,7 +118,10 @@ def main(argv: list[str] | None = None) -> int:
                 name: {str(size): v for size, v in per.items()} for name, per in scaling.items()
             }
         if "shared" in parts:
-            shared = shared_bench.run(uri, quick=args.quick, progress=progress)
+            # real processes: each configuration on a fresh server of its own (unless told a URI)
+            fresh = None if args.mongodb_uri else (servers.nx_server if args.server == "nx" else
+                                                   servers.secantus_process)  # fmt: skip
+            shared = shared_bench.run(uri, quick=args.quick, progress=progress, fresh=fresh)
             results["shared"] = shared
         if "history" in parts:  # history on against off, per loop (at most 5 rounds: ~10 s each)
             results["history"] = history_bench.run(uri, quick=args.quick, rounds=min(rounds, 5),

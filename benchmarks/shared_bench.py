@@ -14,6 +14,7 @@ On the same server and jobs, for the single-scheduler store and for 1, 2 and 4 s
 from __future__ import annotations
 
 import collections
+import contextlib
 import datetime as dt
 import signal
 import statistics
@@ -21,7 +22,9 @@ import subprocess
 import sys
 import time
 import uuid
-from typing import Any
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any, Optional
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
@@ -39,6 +42,8 @@ WARMUP = 2.0  # the first seconds of fire times are not measured (a process may 
 #: Goals (issue 16): shared mode's cost per fire time and per loop against the single store, p99
 #: lateness of four processes against the single store's, the busiest of three processes' share.
 GOALS = {"commands per fire time": 1.3, "loop time": 1.3, "p99 lateness x4": 2.0, "busiest share": 0.45}
+#: Starts a fresh server and yields its URI (``tests.servers.secantus_process``, ``nx_server``).
+Fresh = Optional[Callable[[], AbstractContextManager[str]]]
 
 
 def run_cluster(
@@ -187,27 +192,36 @@ def _percentile(values: list[float], fraction: float) -> float:
     return values[min(len(values) - 1, round(fraction * (len(values) - 1)))]
 
 
-def run(uri: str, *, quick: bool, progress: Any) -> dict[str, Any]:
-    """Every configuration, in turn, on the same server and workload."""
-    # sized to what one 2-core machine sustains with the server in the same process: 20 fires/s
+def run(uri: str, *, quick: bool, progress: Any, fresh: Fresh = None) -> dict[str, Any]:
+    """Every configuration, in turn, on the same workload: on the server at ``uri`` or, with
+    ``fresh``, each on a fresh server of its own (so that no configuration runs on a server the
+    earlier ones have filled and slowed down)."""
+
+    def server() -> AbstractContextManager[str]:
+        return fresh() if fresh is not None else contextlib.nullcontext(uri)
+
     jobs, interval, seconds = (8, 0.5, 6.0) if quick else (20, 1.0, 60.0)
     results = {}
     for label, processes, mode in CONFIGS:
-        results[label] = run_cluster(uri, processes, mode, jobs=jobs, interval=interval, seconds=seconds,
-                                     warmup=WARMUP)  # fmt: skip
+        with server() as at:
+            results[label] = run_cluster(at, processes, mode, jobs=jobs, interval=interval, seconds=seconds,
+                                         warmup=WARMUP)  # fmt: skip
         progress()
     # throughput: more sleeping work than one executor (10 threads) starts at once
     busy = {"jobs": 16, "interval": 1.0, "seconds": 6.0, "work": 0.3} if quick else \
         {"jobs": 40, "interval": 1.0, "seconds": 30.0, "work": 0.5}  # fmt: skip
     throughput = {}
     for label, processes, mode in CONFIGS:
-        throughput[label] = run_cluster(
-            uri, processes, mode, jobs=int(busy["jobs"]), interval=busy["interval"], seconds=busy["seconds"],
-            work_seconds=busy["work"], warmup=WARMUP,
-        )  # fmt: skip
-    failover = run_failover(uri, rounds=1 if quick else 3)
-    spread = run_cluster(uri, 3, "shared", jobs=12, interval=1.0, seconds=6.0 if quick else 30.0,
-                         work_seconds=0.4, apscheduler_defaults=True, warmup=WARMUP)  # fmt: skip
+        with server() as at:
+            throughput[label] = run_cluster(
+                at, processes, mode, jobs=int(busy["jobs"]), interval=busy["interval"],
+                seconds=busy["seconds"], work_seconds=busy["work"], warmup=WARMUP,
+            )  # fmt: skip
+    with server() as at:
+        failover = run_failover(at, rounds=1 if quick else 3)
+    with server() as at:
+        spread = run_cluster(at, 3, "shared", jobs=12, interval=1.0, seconds=6.0 if quick else 30.0,
+                             work_seconds=0.4, apscheduler_defaults=True, warmup=WARMUP)  # fmt: skip
     plain, shared = results["single store"], results["shared x1"]
     return {
         "workload": {"jobs": jobs, "interval": interval, "seconds": seconds},
@@ -292,7 +306,8 @@ def _row(label: str, run: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m benchmarks.shared_bench [--quick] [--server nx]``: this part alone."""
+    """``python -m benchmarks.shared_bench [--quick] [--server nx]``: this part alone, each
+    configuration on a fresh server in a process of its own."""
     import argparse
 
     from tests import servers
@@ -301,10 +316,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--server", choices=["secantus", "nx"], default="secantus")
     args = parser.parse_args(argv)
-    context = servers.nx_server if args.server == "nx" else servers.secantus_server
+    fresh = servers.nx_server if args.server == "nx" else servers.secantus_process
     started = time.monotonic()
-    with context() as uri:
-        print(render(run(uri, quick=args.quick, progress=lambda: None)))
+    print(render(run("", quick=args.quick, progress=lambda: None, fresh=fresh)))
     print(f"\n({args.server}, {time.monotonic() - started:.0f} s)")
     return 0
 
