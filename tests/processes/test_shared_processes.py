@@ -193,20 +193,25 @@ def test_work_spreads_and_a_killed_holders_jobs_run_elsewhere_within_seconds(
     executed = {}
     for e in executions:
         executed.setdefault((e["job"], round(e["run_time"], 3)), []).append(e)
-    retaken = []
+    reports = list(db.missed.find())
+    retaken = {}
     for job_id, fire_time in [(job_id, fire_time) for job_id, fire_time, finished in held if not finished]:
         again = [
-            e
+            e["at"] - 0.4  # recorded when done
             for e in executed.get((job_id, round(fire_time, 3)), [])
             if not e["by"].endswith(f":{victim.pid}")
         ]
-        merged = [e for e in executions if e["job"] == job_id and e["at"] > killed_at]
-        started = min([e["at"] for e in again + merged], default=float("inf")) - 0.4  # recorded when done
-        retaken.append(started - killed_at)
+        merged = [e["at"] - 0.4 for e in executions if e["job"] == job_id and e["at"] > killed_at]
+        # taken over and found later than the job's misfire_grace_time: reported missed by another
+        # process (that fire time, or a later one it came with), as the README says
+        reported = [m["at"] for m in reports if m["job"] == job_id and m["run_time"] >= fire_time - 1e-3
+                    and m["at"] > killed_at and not m["by"].endswith(f":{victim.pid}")]  # fmt: skip
+        first = min(again + merged + reported, default=float("inf"))
+        retaken[(job_id, fire_time - start.timestamp())] = first - killed_at
     # taken over by liveness, not by the lease's expiry: the 3 s goal is measured by the benchmark
-    # (python -m benchmarks.shared_bench: 2.1-2.7 s median); on a loaded machine takeovers of
+    # (python -m benchmarks.shared_bench: 2.1-2.8 s median); on a loaded machine takeovers of
     # 4.5-5.2 s were seen, so the bound here is a third of the lease
-    assert max(retaken) <= 10.0, retaken
+    assert max(retaken.values()) <= 10.0, (retaken, killed_at - start.timestamp())
 
     # every fire time is accounted for, as the README promises for each job's options: it ran; or
     # it was reported missed (EVENT_JOB_MISSED: later than misfire_grace_time) or skipped
