@@ -10,6 +10,7 @@ job's state does not have.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import math
 import os
 import random
@@ -218,3 +219,39 @@ def test_a_pending_time_takes_back_at_most_a_hundred_fire_times_of_the_trigger(
         assert job.next_run_time == state_time - dt.timedelta(seconds=handed)
     finally:
         store.shutdown()
+
+
+def test_a_live_holders_record_rewritten_to_look_stale_does_not_hand_its_claims_to_others(
+    mongo_client: MongoClient[Any], database: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another writer keeps setting a live holder's ``seen`` to 1970 (every 0.1 s, for longer than
+    ``dead_after`` and the time a record must stay unchanged): the holder goes on checking in, so
+    its record keeps changing, and nobody takes it for dead or takes its claims over (before,
+    another process ran them again: found by a red-team run). The observer says what it saw."""
+    setup = BackgroundScheduler(timezone=UTC)
+    for index in range(4):
+        add = MongoDBJobStore(database=database, client=mongo_client)
+        add.start(setup, "setup")
+        add.add_job(make_job(setup, f"held{index}", next_run_time=dt.datetime(2030, 1, 1, tzinfo=UTC)))
+    options = {"database": database, "client": mongo_client, "shared": True, "dead_after": 4}
+    victim, observer = MongoDBJobStore(**options), MongoDBJobStore(**options)
+    victim.start(BackgroundScheduler(timezone=UTC), "default")
+    try:
+        due = dt.datetime(2030, 1, 2, tzinfo=UTC)
+        assert sorted(job.id for job in victim.get_due_jobs(due)) == [f"held{index}" for index in range(4)]
+        observer.start(BackgroundScheduler(timezone=UTC), "default")
+        holders = mongo_client[database]["jobs_holders"]
+        forging_until = time.monotonic() + 4 + 3 + 2  # dead_after, three quarters of it, and more
+        taken: list[str] = []
+        with caplog.at_level(logging.WARNING, logger="jobshelf.shared"):
+            while time.monotonic() < forging_until:
+                holders.update_one({"_id": victim.holder}, {"$set": {"seen": dt.datetime(1970, 1, 1)}})
+                taken += [job.id for job in observer.get_due_jobs(due)]
+                time.sleep(0.1)
+        assert taken == []
+        said = [r.getMessage() for r in caplog.records if "went back in time" in r.getMessage()]
+        assert len(said) == 1 and victim.holder in said[0], said
+        assert not any("stopped checking in" in r.getMessage() for r in caplog.records)
+    finally:
+        observer.shutdown()
+        victim.shutdown()

@@ -6,12 +6,16 @@ One record per started store instance, in the sibling collection ``<jobs collect
     {_id: holder id, seen: <the server's time at its last check-in>, beat: <count>,
      host, pid, running: <runs in flight>, started}
 
-Staleness is judged on the server's clock only: ``seen`` is set by the server (``$currentDate``),
+Staleness is judged on the server's clock: ``seen`` is set by the server (``$currentDate``),
 and an observer compares every record's ``seen`` with its own, written by the server just before,
 so no host's clock takes part. A holder is dead when its record is more than ``dead_after``
-seconds behind the observer's, or when it holds leases and has no record at all (a forged
-holder, or one whose record was cleaned up). A record is deleted by its owner at shutdown and
-by anyone once it has been stale for a minute.
+seconds behind the observer's and has not changed in the observer's reads for three quarters of
+``dead_after`` (a live holder's check-in changes it every second, whatever another writer puts
+in ``seen``: a record rewritten to look stale is not enough), or when it holds leases and has no
+record at all, nor had one in the observer's reads for ``dead_after`` (a forged holder, or one
+whose record was cleaned up). A record that goes back in time (``seen`` or ``beat`` smaller than
+before) was written by someone else: the observer says so once. A record is deleted by its owner
+at shutdown and by anyone once it has been stale for a minute.
 
 The :class:`Heartbeat` thread does this, and nothing else.
 """
@@ -119,6 +123,18 @@ def _aware(value: Any) -> dt.datetime | None:
     )
 
 
+def _went_back(was: tuple[Any, Any], now: tuple[Any, Any]) -> bool:
+    """A record read again holds an earlier check-in (``seen`` or ``beat`` smaller): jobshelf
+    never writes that."""
+    for before, after in zip(was, now):
+        try:
+            if after < before:
+                return True
+        except TypeError:  # values of other types (a beat forged as a string): not comparable
+            continue
+    return False
+
+
 def holder_id() -> str:
     """``host:pid:random``: unique per started store instance (and per process), readable by
     operators. Computed at ``start()``, in the process that runs the scheduler."""
@@ -148,6 +164,11 @@ class HolderRegistry:
         self._unknown: frozenset[str] = frozenset()
         self._server_now: Any = None
         self._checked_in_at: float | None = None  # time.monotonic() of the last check-in
+        #: holder -> ((seen, beat) as last read, time.monotonic() of the read before the one
+        #: that found it changed: the earliest it can have changed)
+        self._changes: dict[str, tuple[tuple[Any, Any], float]] = {}
+        self._read_at: float | None = None  # time.monotonic() of the last read of the records
+        self._tampered: set[str] = set()  # holders whose record went back in time (said once)
 
     def check_in(self, running: int) -> None:
         """Write this instance's record (the server stamps ``seen``); warn when the previous
@@ -186,25 +207,38 @@ class HolderRegistry:
 
         "Now" is the server's time at this instance's last check-in plus the time elapsed here
         since (a monotonic clock over at most a second or two: no skew between hosts takes part).
+        A record behind by more than ``dead_after`` is dead only once it has also stayed the
+        same in these reads for three quarters of ``dead_after`` (see the module's docstring).
         """
         if self._server_now is None or self._checked_in_at is None:
             return frozenset()
-        now = self._server_now + dt.timedelta(seconds=time.monotonic() - self._checked_in_at)
+        clock = time.monotonic()
+        now = self._server_now + dt.timedelta(seconds=clock - self._checked_in_at)
+        before, self._read_at = (self._read_at if self._read_at is not None else clock), clock
+        unchanged_for = 0.75 * self.dead_after
         live, stale = {self.holder}, set[str]()
         suspicious = False
-        for record in self.records.find({}, ["seen"]).limit(_MAX_HOLDERS):
+        changes: dict[str, tuple[tuple[Any, Any], float]] = {}
+        for record in self.records.find({}, ["seen", "beat"]).limit(_MAX_HOLDERS):
             holder, seen = record.get("_id"), record.get("seen")
             if type(holder) is not str or holder == self.holder or not isinstance(seen, dt.datetime):
                 continue  # not a record jobshelf wrote: its holder counts as unknown
+            value = (seen, record.get("beat"))
+            known = self._changes.get(holder)
+            changed_at = before if known is None or known[0] != value else known[1]
+            if known is not None and _went_back(known[0], value):
+                self._say_tampered(holder, known[0], value)
+            changes[holder] = (value, changed_at)
             try:
                 behind = (now - seen).total_seconds()
             except TypeError:  # naive against aware: a record written by another client setting
                 continue
-            if behind > self.dead_after:
+            if behind > self.dead_after and clock - changed_at >= unchanged_for:
                 stale.add(holder)
             elif behind >= -self.dead_after:  # a check-in from the future is no check-in
                 live.add(holder)
                 suspicious = suspicious or behind > self.dead_after / 2 + 0.25  # a check-in missed
+        self._changes = changes
         self.live = tuple(sorted(live))
         self.suspicious = suspicious
         newly = frozenset(stale - self._stale)
@@ -212,6 +246,18 @@ class HolderRegistry:
         self._unknown = self._unknown - live
         self.dead = self._stale | self._unknown
         return newly
+
+    def _say_tampered(self, holder: str, was: tuple[Any, Any], now: tuple[Any, Any]) -> None:
+        if holder in self._tampered or len(self._tampered) >= _MAX_HOLDERS:
+            return
+        self._tampered.add(holder)
+        logger.warning(
+            "%s: the liveness record of holder %r went back in time (seen, beat: %r, then %r): "
+            "something other than jobshelf writes %s; a holder is taken for dead only when its "
+            "record also stops changing, but a writer that keeps it still can still make a live "
+            "process look dead. Find and stop that writer",
+            self.jobs.full_name, holder, was, now, self.records.full_name,
+        )  # fmt: skip
 
     def scan_unknown(self) -> frozenset[str]:
         """Holders of leases that have no record (forged, or cleaned up): dead. Returns the newly
@@ -222,6 +268,11 @@ class HolderRegistry:
         if not holders:
             return frozenset()
         recorded = {record.get("_id") for record in self.records.find({}, ["_id"]).limit(_MAX_HOLDERS)}
+        # a record read lately (deleted since by someone else?) is not missing yet
+        recorded |= {
+            holder for holder, (_, changed_at) in self._changes.items()
+            if time.monotonic() - changed_at < self.dead_after
+        }  # fmt: skip
         unknown = frozenset(sorted(holders - recorded)[:_MAX_HOLDERS])
         newly = unknown - self._unknown
         self._unknown = unknown
