@@ -164,8 +164,8 @@ class HolderRegistry:
         self._unknown: frozenset[str] = frozenset()
         self._server_now: Any = None
         self._checked_in_at: float | None = None  # time.monotonic() of the last check-in
-        #: holder -> ((seen, beat) as last read, time.monotonic() of the read before the one
-        #: that found it changed: the earliest it can have changed)
+        #: holder -> ((seen, beat) as last read, when it last changed: time.monotonic() of the
+        #: read before the one that found it changed, or a quarter of dead_after before that one)
         self._changes: dict[str, tuple[tuple[Any, Any], float]] = {}
         self._read_at: float | None = None  # time.monotonic() of the last read of the records
         self._tampered: set[str] = set()  # holders whose record went back in time (said once)
@@ -216,6 +216,7 @@ class HolderRegistry:
         now = self._server_now + dt.timedelta(seconds=clock - self._checked_in_at)
         before, self._read_at = (self._read_at if self._read_at is not None else clock), clock
         unchanged_for = 0.75 * self.dead_after
+        recent = clock - self.dead_after / 4
         live, stale = {self.holder}, set[str]()
         suspicious = False
         changes: dict[str, tuple[tuple[Any, Any], float]] = {}
@@ -225,7 +226,9 @@ class HolderRegistry:
                 continue  # not a record jobshelf wrote: its holder counts as unknown
             value = (seen, record.get("beat"))
             known = self._changes.get(holder)
-            changed_at = before if known is None or known[0] != value else known[1]
+            # a change found now happened after the previous read; if that read is long ago (this
+            # thread was held up), count it as recent (half a check-in back): it is a sign of life
+            changed_at = max(before, recent) if known is None or known[0] != value else known[1]
             if known is not None and _went_back(known[0], value):
                 self._say_tampered(holder, known[0], value)
             changes[holder] = (value, changed_at)
