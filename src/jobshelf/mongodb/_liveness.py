@@ -130,9 +130,15 @@ def _went_back(was: tuple[Any, Any], now: tuple[Any, Any]) -> bool:
         try:
             if after < before:
                 return True
-        except TypeError:  # values of other types (a beat forged as a string): not comparable
+        except Exception:  # values of other types (a beat forged as a string): not comparable
             continue
     return False
+
+
+def _short(value: Any) -> str:
+    """A stored value for a log line, at most 200 characters (any BSON value can be there)."""
+    text = repr(value)
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def holder_id() -> str:
@@ -164,6 +170,7 @@ class HolderRegistry:
         self._unknown: frozenset[str] = frozenset()
         self._server_now: Any = None
         self._checked_in_at: float | None = None  # time.monotonic() of the last check-in
+        self._beat = 0  # this instance's check-ins so far (written as ``beat``)
         #: holder -> ((seen, beat) as last read, when it last changed: time.monotonic() of the
         #: read before the one that found it changed, or a quarter of dead_after before that one)
         self._changes: dict[str, tuple[tuple[Any, Any], float]] = {}
@@ -173,12 +180,15 @@ class HolderRegistry:
     def check_in(self, running: int) -> None:
         """Write this instance's record (the server stamps ``seen``); warn when the previous
         check-in is so long ago that others may have taken this process for dead."""
+        self._beat += 1
         record = self.records.find_one_and_update(
             {"_id": self.holder},
             {
                 "$currentDate": {"seen": True},
-                "$inc": {"beat": 1},
-                "$set": {"host": socket.gethostname(), "pid": os.getpid(), "running": running},
+                # set, not $inc: a value another writer left there (a string, a document) must not
+                # make every check-in fail
+                "$set": {"host": socket.gethostname(), "pid": os.getpid(), "running": running,
+                         "beat": self._beat},
                 "$setOnInsert": {"started": dt.datetime.now(dt.timezone.utc)},
             },
             upsert=True,
@@ -255,11 +265,11 @@ class HolderRegistry:
             return
         self._tampered.add(holder)
         logger.warning(
-            "%s: the liveness record of holder %r went back in time (seen, beat: %r, then %r): "
+            "%s: the liveness record of holder %r went back in time (seen, beat: %s, then %s): "
             "something other than jobshelf writes %s; a holder is taken for dead only when its "
             "record also stops changing, but a writer that keeps it still can still make a live "
             "process look dead. Find and stop that writer",
-            self.jobs.full_name, holder, was, now, self.records.full_name,
+            self.jobs.full_name, holder, _short(was), _short(now), self.records.full_name,
         )  # fmt: skip
 
     def scan_unknown(self) -> frozenset[str]:
