@@ -12,10 +12,10 @@ so no host's clock takes part. A holder is dead when its record is more than ``d
 seconds behind the observer's and has not changed in the observer's reads for three quarters of
 ``dead_after`` (a live holder's check-in changes it every second, whatever another writer puts
 in ``seen``: a record rewritten to look stale is not enough), or when it holds leases and has no
-record at all, nor had one in the observer's reads for ``dead_after`` (a forged holder, or one
-whose record was cleaned up). A record that goes back in time (``seen`` or ``beat`` smaller than
-before) was written by someone else: the observer says so once. A record is deleted by its owner
-at shutdown and by anyone once it has been stale for a minute.
+record at all (a forged holder, or one whose record was cleaned up). A record that goes back in
+time (``seen`` or ``beat`` smaller than before) was written by someone else: the observer says so
+once. A record is deleted by its owner at shutdown and by anyone once it has been stale for a
+minute.
 
 The :class:`Heartbeat` thread does this, and nothing else.
 """
@@ -237,7 +237,7 @@ class HolderRegistry:
             value = (seen, record.get("beat"))
             known = self._changes.get(holder)
             # a change found now happened after the previous read; if that read is long ago (this
-            # thread was held up), count it as recent (half a check-in back): it is a sign of life
+            # thread was held up), count it from a quarter of dead_after back: a sign of life
             changed_at = max(before, recent) if known is None or known[0] != value else known[1]
             if known is not None and _went_back(known[0], value):
                 self._say_tampered(holder, known[0], value)
@@ -281,11 +281,6 @@ class HolderRegistry:
         if not holders:
             return frozenset()
         recorded = {record.get("_id") for record in self.records.find({}, ["_id"]).limit(_MAX_HOLDERS)}
-        # a record read lately (deleted since by someone else?) is not missing yet
-        recorded |= {
-            holder for holder, (_, changed_at) in self._changes.items()
-            if time.monotonic() - changed_at < self.dead_after
-        }  # fmt: skip
         unknown = frozenset(sorted(holders - recorded)[:_MAX_HOLDERS])
         newly = unknown - self._unknown
         self._unknown = unknown
